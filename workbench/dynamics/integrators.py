@@ -1,0 +1,351 @@
+"""Integrators as ``init`` / ``step`` pairs over a pytree state.
+
+Each factory takes a potential (see :mod:`workbench.potentials.base`) and returns an
+:class:`Integrator` with
+
+* ``init(key, positions, params, settings, *, masses, velocities=None, aux=None) -> MDState``
+* ``step(state, params, settings) -> MDState`` (pure; composes with ``lax.scan``, ``vmap``, ``grad``)
+* ``settings(**values)``: the integrator's numeric knobs (time step, kT, friction, ...) as a
+  pytree of arrays, so changing them never recompiles.
+
+Factories: :func:`velocity_verlet` (NVE), :func:`langevin` (BAOAB, NVT),
+:func:`nose_hoover_chain` (NVT, deterministic), :func:`brownian` (overdamped Langevin).
+Units: nm, ps, amu, kJ/mol; ``kT`` in kJ/mol, friction ``gamma`` in 1/ps, ``tau`` in ps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+__all__ = [
+    "MDState",
+    "Integrator",
+    "VerletSettings",
+    "LangevinSettings",
+    "NoseHooverSettings",
+    "BrownianSettings",
+    "ChainState",
+    "velocity_verlet",
+    "langevin",
+    "nose_hoover_chain",
+    "brownian",
+    "maxwell_boltzmann",
+    "kinetic_energy",
+]
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class ChainState:
+    """Nose-Hoover chain variables: positions xi (M,) and velocities v_xi (M,) (1/ps)."""
+
+    xi: Array
+    v_xi: Array
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class MDState:
+    """positions, velocities, forces: (N, 3) in nm, nm/ps, kJ/mol/nm; masses: (N,) amu;
+    potential_energy: () kJ/mol; aux: the potential's neighbor state; key: PRNG key;
+    step: () int; chain: thermostat state or None."""
+
+    positions: Array
+    velocities: Array
+    forces: Array
+    masses: Array
+    potential_energy: Array
+    aux: Any
+    key: Array
+    step: Array
+    chain: ChainState | None = None
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class VerletSettings:
+    dt: Array  # ps
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class LangevinSettings:
+    dt: Array  # ps
+    kT: Array  # kJ/mol
+    gamma: Array  # 1/ps
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class NoseHooverSettings:
+    dt: Array  # ps
+    kT: Array  # kJ/mol
+    tau: Array  # ps, thermostat period
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class BrownianSettings:
+    dt: Array  # ps
+    kT: Array  # kJ/mol
+    gamma: Array  # 1/ps
+
+
+@dataclass(frozen=True, eq=False)
+class Integrator:
+    """An ``init``/``step`` pair with its settings class and degrees of freedom.
+
+    ``dof(n)``: degrees of freedom for temperature (3N - 3 when total momentum is conserved).
+    ``conserved(state, settings)``: the quantity the exact dynamics conserves (kJ/mol), if any.
+    """
+
+    name: str
+    init: Callable[..., MDState]
+    step: Callable[..., MDState]
+    settings_class: type
+    dof: Callable[[int], int]
+    conserved: Callable[..., Array] | None = None
+    potential: Any = field(default=None, repr=False)
+
+    def settings(self, **values) -> Any:
+        """Build the numeric settings pytree; every field is required, unknown names raise."""
+        names = [f.name for f in fields(self.settings_class)]
+        unknown = set(values) - set(names)
+        missing = set(names) - set(values)
+        if unknown or missing:
+            raise TypeError(
+                f"{self.name} settings are {names}; missing {sorted(missing)}, "
+                f"unknown {sorted(unknown)}"
+            )
+        out = {}
+        for k in names:
+            v = float(values[k])
+            if not np.isfinite(v) or v <= 0:
+                raise ValueError(f"{self.name} setting {k} must be positive and finite, got {v}")
+            out[k] = jnp.asarray(v, dtype=jnp.result_type(float))
+        return self.settings_class(**out)
+
+
+def kinetic_energy(velocities: Array, masses: Array) -> Array:
+    """0.5 sum m v^2 (kJ/mol). velocities (N, 3) nm/ps, masses (N,) amu."""
+    return 0.5 * jnp.sum(masses[:, None] * velocities * velocities)
+
+
+def maxwell_boltzmann(key: Array, masses: Array, kT, remove_com: bool = True) -> Array:
+    """Velocities (N, 3) nm/ps drawn at temperature kT (kJ/mol); the centre-of-mass motion is
+    removed when ``remove_com``."""
+    masses = jnp.asarray(masses)
+    v = jax.random.normal(key, (masses.shape[0], 3), dtype=jnp.result_type(float))
+    v = v * jnp.sqrt(kT / masses)[:, None]
+    if remove_com:
+        v = v - jnp.sum(masses[:, None] * v, 0) / jnp.sum(masses)
+    return v
+
+
+def _check_masses(masses, n):
+    m = np.asarray(masses, dtype=float)
+    m = np.broadcast_to(m, (n,)) if m.ndim == 0 else m
+    if m.shape != (n,):
+        raise ValueError(f"masses must be a scalar or have shape ({n},), got {m.shape}")
+    if not np.all(np.isfinite(m)) or np.any(m <= 0):
+        bad = np.nonzero(~(np.isfinite(m) & (m > 0)))[0][:10].tolist()
+        raise ValueError(f"masses must be positive and finite; bad entries at atoms {bad}")
+    return jnp.asarray(m, dtype=jnp.result_type(float))
+
+
+def _make_init(potential, kT_of: Callable[[Any], Any] | None, remove_com: bool, chain_len=0):
+    def init(key, positions, params, settings, *, masses=1.0, velocities=None, aux=None):
+        r = np.asarray(positions)
+        if r.ndim != 2 or r.shape[1] != 3:
+            raise ValueError(f"positions must have shape (N, 3), got {r.shape}")
+        if not np.all(np.isfinite(r)):
+            raise ValueError("positions contain NaN or infinite values")
+        n = r.shape[0]
+        m = _check_masses(masses, n)
+        positions = jnp.asarray(positions, dtype=jnp.result_type(float))
+        if aux is None:
+            aux = potential.allocate(positions)
+        key, vkey = jax.random.split(key)
+        if velocities is None:
+            if kT_of is None:
+                v = jnp.zeros_like(positions)
+            else:
+                v = maxwell_boltzmann(vkey, m, kT_of(settings), remove_com)
+        else:
+            v = jnp.asarray(velocities, dtype=positions.dtype)
+            if v.shape != positions.shape:
+                raise ValueError(f"velocities must have shape {positions.shape}, got {v.shape}")
+        ev, aux = potential.evaluate(positions, params, aux)
+        chain = None
+        if chain_len:
+            z = jnp.zeros(chain_len, dtype=positions.dtype)
+            chain = ChainState(xi=z, v_xi=z)
+        return MDState(
+            positions=positions,
+            velocities=v,
+            forces=ev.forces,
+            masses=m,
+            potential_energy=ev.energy,
+            aux=aux,
+            key=key,
+            step=jnp.asarray(0, jnp.int32),
+            chain=chain,
+        )
+
+    return init
+
+
+def _forces(potential, state, positions, params):
+    ev, aux = potential.evaluate(positions, params, state.aux)
+    return ev, aux
+
+
+def velocity_verlet(potential) -> Integrator:
+    """Velocity Verlet (NVE). Settings: dt (ps). Conserves kinetic + potential energy with an
+    error of order dt^2."""
+
+    def step(state: MDState, params, s: VerletSettings) -> MDState:
+        inv_m = (1.0 / state.masses)[:, None]
+        v = state.velocities + 0.5 * s.dt * state.forces * inv_m
+        r = state.positions + s.dt * v
+        ev, aux = _forces(potential, state, r, params)
+        v = v + 0.5 * s.dt * ev.forces * inv_m
+        return replace(
+            state, positions=r, velocities=v, forces=ev.forces, potential_energy=ev.energy,
+            aux=aux, step=state.step + 1,
+        )
+
+    def conserved(state, s):
+        return state.potential_energy + kinetic_energy(state.velocities, state.masses)
+
+    return Integrator(
+        "velocity_verlet", _make_init(potential, None, True), step, VerletSettings,
+        lambda n: 3 * n - 3, conserved, potential,
+    )
+
+
+def langevin(potential) -> Integrator:
+    """Langevin dynamics, BAOAB splitting (Leimkuhler and Matthews 2013): NVT.
+    Settings: dt (ps), kT (kJ/mol), gamma (friction, 1/ps). Initial velocities are drawn at kT."""
+
+    def step(state: MDState, params, s: LangevinSettings) -> MDState:
+        inv_m = (1.0 / state.masses)[:, None]
+        key, noise_key = jax.random.split(state.key)
+        v = state.velocities + 0.5 * s.dt * state.forces * inv_m
+        r = state.positions + 0.5 * s.dt * v
+        c1 = jnp.exp(-s.gamma * s.dt)
+        c2 = jnp.sqrt((1.0 - c1 * c1) * s.kT) * jnp.sqrt(inv_m)
+        v = c1 * v + c2 * jax.random.normal(noise_key, v.shape, v.dtype)
+        r = r + 0.5 * s.dt * v
+        ev, aux = _forces(potential, state, r, params)
+        v = v + 0.5 * s.dt * ev.forces * inv_m
+        return replace(
+            state, positions=r, velocities=v, forces=ev.forces, potential_energy=ev.energy,
+            aux=aux, key=key, step=state.step + 1,
+        )
+
+    return Integrator(
+        "langevin", _make_init(potential, lambda s: s.kT, False), step, LangevinSettings,
+        lambda n: 3 * n, None, potential,
+    )
+
+
+def _chain_masses(dof, kT, tau, m):
+    q = kT * tau * tau * jnp.ones(m)
+    return q.at[0].multiply(dof)
+
+
+def _chain_half_step(ke2, chain: ChainState, q, dof, kT, dt):
+    """Half step (dt/2) of a Nose-Hoover chain (Martyna, Tuckerman, Klein 1996 with one
+    Suzuki-Yoshida stage). ke2 = sum m v^2. Returns (velocity scale, new chain)."""
+    m = chain.v_xi.shape[0]
+    v_xi = chain.v_xi
+    dt4, dt8 = 0.25 * dt, 0.125 * dt
+
+    def force(j, v_xi, ke2):
+        if j == 0:
+            return (ke2 - dof * kT) / q[0]
+        return (q[j - 1] * v_xi[j - 1] ** 2 - kT) / q[j]
+
+    v_xi = v_xi.at[m - 1].add(dt4 * force(m - 1, v_xi, ke2))
+    for j in range(m - 2, -1, -1):
+        a = jnp.exp(-dt8 * v_xi[j + 1])
+        v_xi = v_xi.at[j].set(a * (a * v_xi[j] + dt4 * force(j, v_xi, ke2)))
+    scale = jnp.exp(-0.5 * dt * v_xi[0])
+    ke2 = ke2 * scale * scale
+    xi = chain.xi + 0.5 * dt * v_xi
+    for j in range(0, m - 1):
+        a = jnp.exp(-dt8 * v_xi[j + 1])
+        v_xi = v_xi.at[j].set(a * (a * v_xi[j] + dt4 * force(j, v_xi, ke2)))
+    v_xi = v_xi.at[m - 1].add(dt4 * force(m - 1, v_xi, ke2))
+    return scale, ChainState(xi=xi, v_xi=v_xi)
+
+
+def nose_hoover_chain(potential, chain_length: int = 3) -> Integrator:
+    """Nose-Hoover chain thermostat around velocity Verlet (NVT, deterministic).
+    Settings: dt (ps), kT (kJ/mol), tau (thermostat period, ps; 0.1-1 ps is typical).
+    ``chain_length`` is structural. The extended energy (:attr:`Integrator.conserved`) is
+    conserved to order dt^2."""
+    if chain_length < 1:
+        raise ValueError(f"chain_length must be >= 1, got {chain_length}")
+
+    def step(state: MDState, params, s: NoseHooverSettings) -> MDState:
+        n = state.positions.shape[0]
+        dof = 3 * n - 3
+        q = _chain_masses(dof, s.kT, s.tau, chain_length)
+        ke2 = 2.0 * kinetic_energy(state.velocities, state.masses)
+        scale, chain = _chain_half_step(ke2, state.chain, q, dof, s.kT, s.dt)
+        inv_m = (1.0 / state.masses)[:, None]
+        v = state.velocities * scale + 0.5 * s.dt * state.forces * inv_m
+        r = state.positions + s.dt * v
+        ev, aux = _forces(potential, state, r, params)
+        v = v + 0.5 * s.dt * ev.forces * inv_m
+        ke2 = 2.0 * kinetic_energy(v, state.masses)
+        scale, chain = _chain_half_step(ke2, chain, q, dof, s.kT, s.dt)
+        return replace(
+            state, positions=r, velocities=v * scale, forces=ev.forces,
+            potential_energy=ev.energy, aux=aux, step=state.step + 1, chain=chain,
+        )
+
+    def conserved(state, s):
+        n = state.positions.shape[0]
+        dof = 3 * n - 3
+        q = _chain_masses(dof, s.kT, s.tau, chain_length)
+        c = state.chain
+        thermo = 0.5 * jnp.sum(q * c.v_xi**2) + dof * s.kT * c.xi[0] + s.kT * jnp.sum(c.xi[1:])
+        return state.potential_energy + kinetic_energy(state.velocities, state.masses) + thermo
+
+    return Integrator(
+        "nose_hoover_chain", _make_init(potential, lambda s: s.kT, True, chain_length), step,
+        NoseHooverSettings, lambda n: 3 * n - 3, conserved, potential,
+    )
+
+
+def brownian(potential) -> Integrator:
+    """Overdamped Langevin (Brownian) dynamics, Euler-Maruyama:
+    r += dt F / (m gamma) + sqrt(2 kT dt / (m gamma)) xi. Settings: dt (ps), kT (kJ/mol),
+    gamma (1/ps). ``velocities`` holds the drift-plus-noise displacement divided by dt."""
+
+    def step(state: MDState, params, s: BrownianSettings) -> MDState:
+        key, noise_key = jax.random.split(state.key)
+        mobility = (1.0 / (state.masses * s.gamma))[:, None]
+        noise = jax.random.normal(noise_key, state.positions.shape, state.positions.dtype)
+        dr = s.dt * state.forces * mobility + jnp.sqrt(2.0 * s.kT * s.dt * mobility) * noise
+        r = state.positions + dr
+        ev, aux = _forces(potential, state, r, params)
+        return replace(
+            state, positions=r, velocities=dr / s.dt, forces=ev.forces,
+            potential_energy=ev.energy, aux=aux, key=key, step=state.step + 1,
+        )
+
+    return Integrator(
+        "brownian", _make_init(potential, None, False), step, BrownianSettings,
+        lambda n: 3 * n, None, potential,
+    )

@@ -1,0 +1,258 @@
+"""Verlet neighbor lists built from a cell grid, with fixed capacity and overflow detection.
+
+A :class:`NeighborList` is a pytree: the (N, K) table ``idx`` of neighbor indices (a *full* list:
+each pair appears in both rows, so per-atom sums need no scatter), padded with the value N, plus
+the positions it was built at and two overflow counters. Its capacities (K, atoms per cell) and
+the cell grid are static fields: changing them is a structural change and recompiles.
+
+* :func:`allocate` (host side) counts the real neighbors and picks capacities with headroom.
+* :func:`update` (jit-able) rebuilds the list when any particle moved more than half the skin
+  since the last build; the rebuild uses a cell grid (linear cost) when the box holds at least
+  3 cells per side, and all pairs otherwise.
+* If a rebuild finds more neighbors than fit, ``overflow`` becomes True and stays True. The
+  list is then incomplete: the host-side driver must call :func:`grow` and recompute from its
+  last good state (:mod:`workbench.simulate` does this, so users never see an overflow).
+
+Lengths in nm (or sigma in reduced units).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .space import Space
+
+Array = jax.Array
+
+__all__ = [
+    "NeighborList", "allocate", "update", "rebuild", "grow", "grow_all", "pair_displacements",
+]
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class NeighborList:
+    """Full Verlet neighbor list.
+
+    idx: (N, K) int32 neighbor indices, padded with N.
+    reference: (N, 3) positions at the last build (nm).
+    overflow: () bool, sticky: a build found more neighbors (or atoms per cell) than fit.
+    max_count: () int32, the largest neighbor count found by the last build.
+    max_cell_count: () int32, the largest cell occupancy found by the last build.
+    n_builds: () int32, number of builds since allocation.
+    space: the boundary conditions the list was built for.
+    cutoff, skin: interaction cutoff and skin (static); pairs closer than cutoff + skin are listed.
+    cell_capacity: atoms per cell slot (static), 0 when the list is built from all pairs.
+    grid: cells per box vector (static), or None for an all-pairs build.
+    """
+
+    idx: Array
+    reference: Array
+    overflow: Array
+    max_count: Array
+    max_cell_count: Array
+    n_builds: Array
+    space: Space
+    cutoff: float = field(metadata=dict(static=True), default=1.0)
+    skin: float = field(metadata=dict(static=True), default=0.0)
+    cell_capacity: int = field(metadata=dict(static=True), default=0)
+    grid: tuple[int, int, int] | None = field(metadata=dict(static=True), default=None)
+
+    @property
+    def capacity(self) -> int:
+        """Neighbor slots per particle, K."""
+        return self.idx.shape[1]
+
+    @property
+    def list_cutoff(self) -> float:
+        return self.cutoff + self.skin
+
+
+def _grid_for(space: Space, list_cutoff: float) -> tuple[int, int, int] | None:
+    if not space.periodic:
+        return None
+    widths = space.perpendicular_widths()
+    grid = tuple(int(g) for g in np.floor(widths / list_cutoff))
+    if min(grid) < 3:
+        return None
+    return grid
+
+
+def _stencil(grid: tuple[int, int, int]) -> np.ndarray:
+    """(n_cells, 27) ids of each cell's periodic neighbor cells, itself included."""
+    g = np.array(grid)
+    c = np.stack(np.meshgrid(*[np.arange(n) for n in grid], indexing="ij"), -1).reshape(-1, 3)
+    off = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    nb = (c[:, None, :] + off[None]) % g
+    return ((nb[..., 0] * g[1] + nb[..., 1]) * g[2] + nb[..., 2]).astype(np.int32)
+
+
+def _cell_ids(space: Space, positions: Array, grid) -> Array:
+    s = space.to_fractional(positions)
+    s = s - jnp.floor(s)
+    g = jnp.asarray(grid, dtype=jnp.int32)
+    c = jnp.clip(jnp.floor(s * g).astype(jnp.int32), 0, g - 1)
+    return (c[:, 0] * grid[1] + c[:, 1]) * grid[2] + c[:, 2]
+
+
+def _candidates(space: Space, positions: Array, grid, cell_capacity: int):
+    """Candidate neighbor indices (N, C), padded with N, and the largest cell occupancy."""
+    n = positions.shape[0]
+    if grid is None:
+        return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (n, n)), jnp.int32(0)
+    n_cells = grid[0] * grid[1] * grid[2]
+    cid = _cell_ids(space, positions, grid)
+    order = jnp.argsort(cid).astype(jnp.int32)
+    counts = jnp.zeros(n_cells, jnp.int32).at[cid].add(1)
+    starts = jnp.cumsum(counts) - counts
+    slot = jnp.arange(cell_capacity, dtype=jnp.int32)
+    pos = jnp.clip(starts[:, None] + slot[None, :], 0, n - 1)
+    table = jnp.where(slot[None, :] < counts[:, None], order[pos], n)  # (n_cells, cap)
+    stencil = jnp.asarray(_stencil(grid))
+    cand = table[stencil[cid]].reshape(n, 27 * cell_capacity)
+    return cand, jnp.max(counts)
+
+
+def _build(space: Space, positions: Array, nbrs: NeighborList) -> NeighborList:
+    n, k = nbrs.idx.shape
+    cand, max_cell = _candidates(space, positions, nbrs.grid, nbrs.cell_capacity)
+    padded = jnp.concatenate([positions, jnp.zeros((1, 3), positions.dtype)])
+    dr = space.displacement(positions[:, None, :], padded[cand])
+    r2 = jnp.sum(dr * dr, axis=-1)
+    rows = jnp.arange(n, dtype=jnp.int32)[:, None]
+    valid = (cand < n) & (cand != rows) & (r2 < nbrs.list_cutoff**2)
+    count = jnp.sum(valid, axis=1, dtype=jnp.int32)
+    slot = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1
+    slot = jnp.where(valid & (slot < k), slot, k)
+    idx = jnp.full((n, k + 1), n, jnp.int32).at[rows, slot].set(cand, mode="drop")[:, :k]
+    max_count = jnp.max(count)
+    overflow = nbrs.overflow | (max_count > k) | (max_cell > nbrs.cell_capacity)
+    return replace(
+        nbrs,
+        idx=idx,
+        reference=positions,
+        overflow=overflow,
+        max_count=max_count,
+        max_cell_count=max_cell.astype(jnp.int32),
+        n_builds=nbrs.n_builds + 1,
+    )
+
+
+def rebuild(space: Space, positions: Array, nbrs: NeighborList) -> NeighborList:
+    """Rebuild the list at ``positions`` (N, 3) unconditionally. Jit-able."""
+    return _build(space, positions, nbrs)
+
+
+def update(space: Space, positions: Array, nbrs: NeighborList) -> NeighborList:
+    """Rebuild the list if any particle moved more than skin/2 since the last build. Jit-able."""
+    d = space.displacement(positions, nbrs.reference)
+    moved = jnp.max(jnp.sum(d * d, axis=-1)) > (0.5 * nbrs.skin) ** 2
+    return jax.lax.cond(moved, lambda: _build(space, positions, nbrs), lambda: nbrs)
+
+
+def _check_positions(positions) -> np.ndarray:
+    r = np.asarray(positions)
+    if r.ndim != 2 or r.shape[1] != 3:
+        raise ValueError(f"positions must have shape (N, 3), got {r.shape}")
+    if not np.all(np.isfinite(r)):
+        bad = np.unique(np.nonzero(~np.isfinite(r))[0])[:10].tolist()
+        raise ValueError(f"positions contain NaN or infinite values (atoms {bad})")
+    return r
+
+
+def allocate(
+    space: Space,
+    positions,
+    cutoff: float,
+    skin: float = 0.0,
+    *,
+    capacity_factor: float = 1.2,
+    min_extra: int = 8,
+) -> NeighborList:
+    """Allocate and build a neighbor list on the host.
+
+    positions: (N, 3) nm. cutoff: interaction cutoff (nm). skin: extra margin (nm); the list
+    holds pairs closer than cutoff + skin and stays valid until a particle moves skin/2.
+    capacity_factor: headroom over the current largest neighbor count (structural).
+    """
+    r = _check_positions(positions)
+    if cutoff <= 0 or skin < 0:
+        raise ValueError(f"need cutoff > 0 and skin >= 0, got cutoff={cutoff}, skin={skin}")
+    space.check_cutoff(cutoff + skin, "cutoff + skin")
+    grid = _grid_for(space, cutoff + skin)
+    n = r.shape[0]
+    positions = jnp.asarray(positions)
+    if grid is not None:
+        cid = np.asarray(_cell_ids(space, positions, grid))
+        occ = int(np.bincount(cid, minlength=int(np.prod(grid))).max())
+        cell_capacity = int(np.ceil(occ * capacity_factor)) + 2
+    else:
+        cell_capacity = 0
+    probe = NeighborList(
+        idx=jnp.zeros((n, 1), jnp.int32),
+        reference=positions,
+        overflow=jnp.asarray(False),
+        max_count=jnp.int32(0),
+        max_cell_count=jnp.int32(0),
+        n_builds=jnp.int32(0),
+        space=space,
+        cutoff=float(cutoff),
+        skin=float(skin),
+        cell_capacity=cell_capacity,
+        grid=grid,
+    )
+    counted = jax.jit(_build)(space, positions, probe)
+    k = int(np.ceil(int(counted.max_count) * capacity_factor)) + min_extra
+    k = max(1, min(k, n - 1)) if n > 1 else 1
+    nbrs = replace(probe, idx=jnp.zeros((n, k), jnp.int32))
+    nbrs = jax.jit(_build)(space, positions, nbrs)
+    return replace(nbrs, n_builds=jnp.int32(1))
+
+
+def grow(positions, nbrs: NeighborList, factor: float = 1.5) -> NeighborList:
+    """Host side: a list with room for ``factor`` times the counts that overflowed, rebuilt at
+    ``positions`` (the driver's last good state)."""
+    space = nbrs.space
+    n = nbrs.idx.shape[0]
+    k = max(nbrs.capacity, int(np.ceil(int(nbrs.max_count) * factor)))
+    k = min(max(k, nbrs.capacity + 1), max(n - 1, 1))
+    cell_capacity = nbrs.cell_capacity
+    if nbrs.grid is not None:
+        cell_capacity = max(cell_capacity, int(np.ceil(int(nbrs.max_cell_count) * factor)) + 2)
+    fresh = replace(
+        nbrs,
+        idx=jnp.zeros((n, k), jnp.int32),
+        overflow=jnp.asarray(False),
+        cell_capacity=cell_capacity,
+    )
+    out = jax.jit(_build)(space, jnp.asarray(positions), fresh)
+    if bool(out.overflow):  # the system compressed even further since: grow again
+        return grow(positions, out, factor)
+    return out
+
+
+def pair_displacements(space: Space, positions: Array, nbrs: NeighborList):
+    """Displacements r_i - r_j to every listed neighbor: (N, K, 3) nm, and the (N, K) mask of
+    real (non-padding) entries."""
+    n = positions.shape[0]
+    padded = jnp.concatenate([positions, jnp.zeros((1, 3), positions.dtype)])
+    dr = space.displacement(positions[:, None, :], padded[nbrs.idx])
+    return dr, nbrs.idx < n
+
+
+def _is_list(x) -> bool:
+    return isinstance(x, NeighborList)
+
+
+def grow_all(aux, positions, factor: float = 1.5):
+    """Host side: grow every overflowed neighbor list inside the pytree ``aux`` (rebuilt at
+    ``positions``); other leaves are returned unchanged."""
+    return jax.tree_util.tree_map(
+        lambda a: grow(positions, a, factor) if _is_list(a) and bool(a.overflow) else a,
+        aux,
+        is_leaf=_is_list,
+    )

@@ -1,0 +1,107 @@
+"""Observables: kinetic energy, temperature, pressure and stress, RDF, mean-square displacement.
+
+Units: kJ/mol, nm, ps, amu; temperatures are returned as kT (kJ/mol) - divide by
+:data:`workbench.units.BOLTZMANN` for kelvin (in reduced units kT is the temperature).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .dynamics.integrators import kinetic_energy
+from .space import Space
+
+Array = jax.Array
+
+__all__ = [
+    "kinetic_energy",
+    "kinetic_temperature",
+    "kinetic_tensor",
+    "pressure_tensor",
+    "pressure",
+    "radial_distribution",
+    "mean_square_displacement",
+]
+
+
+def kinetic_temperature(velocities: Array, masses: Array, dof: int) -> Array:
+    """kT = 2 KE / dof (kJ/mol). Use the integrator's ``dof(N)`` (3N - 3 when the total
+    momentum is conserved, 3N for Langevin)."""
+    return 2.0 * kinetic_energy(velocities, masses) / dof
+
+
+def kinetic_tensor(velocities: Array, masses: Array) -> Array:
+    """sum_i m_i v_i (x) v_i, (3, 3) kJ/mol."""
+    return jnp.einsum("n,na,nb->ab", masses, velocities, velocities)
+
+
+def pressure_tensor(velocities: Array, masses: Array, virial: Array, volume) -> Array:
+    """Pressure tensor (K + W) / V, (3, 3) kJ/mol/nm^3, from the kinetic tensor and the virial
+    W = sum_pairs r_ij (x) f_ij (``PairPotential.virial``). Multiply by 16.6054 for bar."""
+    return (kinetic_tensor(velocities, masses) + virial) / volume
+
+
+def pressure(velocities: Array, masses: Array, virial: Array, volume, tail: Array = 0.0,
+             dof: int | None = None) -> Array:
+    """Scalar pressure (kJ/mol/nm^3): (2 KE + tr W) / (3 V) + tail.
+
+    With ``dof`` given, the kinetic part uses the thermostat's temperature definition,
+    N kT / V with kT = 2 KE / dof, which is the usual choice when dof = 3N - 3."""
+    n = velocities.shape[0]
+    ke2 = 2.0 * kinetic_energy(velocities, masses)
+    kin = ke2 / 3.0 if dof is None else n * ke2 / dof
+    return (kin + jnp.trace(virial) / 3.0) / volume + tail
+
+
+def radial_distribution(space: Space, frames, r_max: float, n_bins: int = 100,
+                        chunk: int = 1024):
+    """g(r) averaged over frames, for one species. frames: (T, N, 3) or (N, 3) nm in a periodic
+    space. Returns (r bin centres (n_bins,), g (n_bins,)).
+
+    Host driver over jitted pair histograms; memory is bounded by ``chunk`` rows at a time."""
+    frames = np.asarray(frames)
+    if frames.ndim == 2:
+        frames = frames[None]
+    if frames.ndim != 3 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must have shape (T, N, 3) or (N, 3), got {frames.shape}")
+    if not space.periodic:
+        raise ValueError("radial_distribution needs a periodic space (it normalizes by volume)")
+    space.check_cutoff(r_max, "r_max")
+    n = frames.shape[1]
+    edges = np.linspace(0.0, r_max, n_bins + 1)
+
+    @jax.jit
+    def hist_rows(r, rows):
+        d = space.displacement(r[rows][:, None, :], r[None, :, :])
+        dist = jnp.sqrt(jnp.sum(d * d, -1))
+        self_pair = rows[:, None] == jnp.arange(n)[None, :]
+        dist = jnp.where(self_pair, 2.0 * r_max, dist)
+        b = jnp.floor(dist / (r_max / n_bins)).astype(jnp.int32)
+        return jnp.zeros(n_bins + 1, jnp.int32).at[jnp.clip(b, 0, n_bins)].add(1)[:n_bins]
+
+    counts = np.zeros(n_bins)
+    for r in frames:
+        r = jnp.asarray(r)
+        for start in range(0, n, chunk):
+            rows = jnp.arange(start, min(start + chunk, n))
+            counts += np.asarray(hist_rows(r, rows))
+    volume = float(space.volume)
+    shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+    ideal = shell * (n - 1) / volume * n * frames.shape[0]
+    return 0.5 * (edges[1:] + edges[:-1]), counts / ideal
+
+
+def mean_square_displacement(frames, lags=None):
+    """MSD (nm^2) of unwrapped positions ``frames`` (T, N, 3), averaged over atoms and time
+    origins, for each lag in ``lags`` (frame counts; default 0..T-1). Returns (lags, msd)."""
+    frames = np.asarray(frames, dtype=float)
+    if frames.ndim != 3 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must have shape (T, N, 3), got {frames.shape}")
+    t = frames.shape[0]
+    lags = np.arange(t) if lags is None else np.asarray(lags, dtype=int)
+    if np.any(lags < 0) or np.any(lags >= t):
+        raise ValueError(f"lags must lie in [0, {t - 1}]")
+    msd = np.array([np.mean(np.sum((frames[k:] - frames[: t - k]) ** 2, -1)) for k in lags])
+    return lags, msd
