@@ -182,7 +182,7 @@ def _make_init(potential, kT_of: Callable[[Any], Any] | None, remove_com: bool, 
             v = jnp.asarray(velocities, dtype=positions.dtype)
             if v.shape != positions.shape:
                 raise ValueError(f"velocities must have shape {positions.shape}, got {v.shape}")
-        ev, aux = potential.evaluate(positions, params, aux)
+        ev, aux = jax.jit(potential.evaluate)(positions, params, aux)
         chain = None
         if chain_len:
             z = jnp.zeros(chain_len, dtype=positions.dtype)
