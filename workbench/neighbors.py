@@ -76,7 +76,7 @@ def _grid_for(space: Space, list_cutoff: float) -> tuple[int, int, int] | None:
     if not space.periodic:
         return None
     widths = space.perpendicular_widths()
-    grid = tuple(int(g) for g in np.floor(widths / list_cutoff))
+    grid = tuple(int(g) for g in np.floor(widths / list_cutoff + 1e-9))
     if min(grid) < 3:
         return None
     return grid
@@ -131,15 +131,31 @@ def _build(space: Space, positions: Array, nbrs: NeighborList) -> NeighborList:
     idx = jnp.full((n, k + 1), n, jnp.int32).at[rows, slot].set(cand, mode="drop")[:, :k]
     max_count = jnp.max(count)
     overflow = nbrs.overflow | (max_count > k) | (max_cell > nbrs.cell_capacity)
+    if nbrs.grid is not None:
+        # The grid was sized for the box at allocation; if the box shrank so that a cell is now
+        # narrower than the list cutoff, the 27-cell search can miss pairs: flag it so the
+        # driver re-grids (grow() recomputes the grid for the current box).
+        overflow = overflow | _cells_too_narrow(space.box, nbrs.grid, nbrs.list_cutoff)
     return replace(
         nbrs,
         idx=idx,
+        space=space,
         reference=positions,
         overflow=overflow,
         max_count=max_count,
         max_cell_count=max_cell.astype(jnp.int32),
         n_builds=nbrs.n_builds + 1,
     )
+
+
+def _cells_too_narrow(box: Array, grid, list_cutoff: float) -> Array:
+    a, b, c = box[0], box[1], box[2]
+    vol = jnp.abs(jnp.linalg.det(box))
+    widths = vol / jnp.stack(
+        [jnp.linalg.norm(jnp.cross(b, c)), jnp.linalg.norm(jnp.cross(c, a)),
+         jnp.linalg.norm(jnp.cross(a, b))]
+    )
+    return jnp.any(widths / jnp.asarray(grid, widths.dtype) < list_cutoff * (1.0 - 1e-9))
 
 
 def rebuild(space: Space, positions: Array, nbrs: NeighborList) -> NeighborList:
@@ -162,6 +178,15 @@ def _check_positions(positions) -> np.ndarray:
         bad = np.unique(np.nonzero(~np.isfinite(r))[0])[:10].tolist()
         raise ValueError(f"positions contain NaN or infinite values (atoms {bad})")
     return r
+
+
+def _max_occupancy(space: Space, r: np.ndarray, grid) -> int:
+    """Largest number of atoms in one cell, counted on the host (numpy: no compilation)."""
+    box = np.asarray(space.box, dtype=np.float64)
+    frac = np.asarray(r, dtype=np.float64) @ np.linalg.inv(box)
+    c = np.clip(np.floor((frac - np.floor(frac)) * grid).astype(np.int64), 0, np.array(grid) - 1)
+    cid = (c[:, 0] * grid[1] + c[:, 1]) * grid[2] + c[:, 2]
+    return int(np.bincount(cid, minlength=int(np.prod(grid))).max())
 
 
 def allocate(
@@ -187,12 +212,7 @@ def allocate(
     n = r.shape[0]
     positions = jnp.asarray(positions)
     if grid is not None:
-        # Host-side occupancy count (numpy: no compilation on the allocation path).
-        box = np.asarray(space.box, dtype=np.float64)
-        frac = r @ np.linalg.inv(box)
-        c = np.clip(np.floor((frac - np.floor(frac)) * grid).astype(np.int64), 0, np.array(grid) - 1)
-        cid = (c[:, 0] * grid[1] + c[:, 1]) * grid[2] + c[:, 2]
-        occ = int(np.bincount(cid, minlength=int(np.prod(grid))).max())
+        occ = _max_occupancy(space, r, grid)
         cell_capacity = int(np.ceil(occ * capacity_factor)) + 2
     else:
         cell_capacity = 0
@@ -233,14 +253,21 @@ def grow(positions, nbrs: NeighborList, factor: float = 1.5) -> NeighborList:
     n = nbrs.idx.shape[0]
     k = max(nbrs.capacity, int(np.ceil(int(nbrs.max_count) * factor)))
     k = min(max(k, nbrs.capacity + 1), max(n - 1, 1))
+    space.check_cutoff(nbrs.list_cutoff, "cutoff + skin")
+    grid = _grid_for(space, nbrs.list_cutoff)
     cell_capacity = nbrs.cell_capacity
-    if nbrs.grid is not None:
+    if grid is not None:
         cell_capacity = max(cell_capacity, int(np.ceil(int(nbrs.max_cell_count) * factor)) + 2)
+        if grid != nbrs.grid:  # re-gridded: size the cells for the new occupancy
+            cell_capacity = max(cell_capacity, _max_occupancy(space, np.asarray(positions), grid) + 2)
+    else:
+        cell_capacity = 0
     fresh = replace(
         nbrs,
         idx=jnp.zeros((n, k), jnp.int32),
         overflow=jnp.asarray(False),
         cell_capacity=cell_capacity,
+        grid=grid,
     )
     out = jax.jit(_build)(space, jnp.asarray(positions), fresh)
     if bool(out.overflow):  # the system compressed even further since: grow again

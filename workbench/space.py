@@ -60,6 +60,8 @@ class Space:
         box = np.asarray(self.box, dtype=np.float64)
         if not self.periodic:
             return np.full(3, np.inf)
+        if self.kind == "periodic":
+            return np.diag(box).copy()
         vol = abs(np.linalg.det(box))
         a, b, c = box
         return np.array(
@@ -119,7 +121,7 @@ class Space:
         if not self.periodic:
             return
         half = 0.5 * float(np.min(self.perpendicular_widths()))
-        if cutoff > half:
+        if cutoff > half * (1.0 + 1e-12):
             raise ValueError(
                 f"{what} {cutoff:g} is longer than half the box ({half:g}): the minimum-image "
                 f"convention would miss or double-count pairs. Use a larger box (more particles "
@@ -136,7 +138,13 @@ def free(dimension: int = 3) -> Space:
 
 def periodic(lengths) -> Space:
     """Orthorhombic periodic box. ``lengths``: scalar or (3,) edge lengths (nm)."""
-    lengths = np.broadcast_to(np.asarray(lengths, dtype=np.float64), (3,))
+    lengths = np.asarray(lengths, dtype=np.float64)
+    if lengths.shape not in ((), (3,)):
+        raise ValueError(
+            f"box lengths must be a scalar or 3 edge lengths (Lx, Ly, Lz), got shape "
+            f"{lengths.shape}; for a triclinic box use triclinic(box_vectors)"
+        )
+    lengths = np.broadcast_to(lengths, (3,))
     if not np.all(np.isfinite(lengths)) or np.any(lengths <= 0):
         raise ValueError(f"box lengths must be finite and positive, got {lengths.tolist()}")
     return Space(box=jnp.asarray(np.diag(lengths)), kind="periodic")
