@@ -26,7 +26,7 @@ BOX_TRI = np.array([[7.0, 0.0, 0.0], [2.0, 7.0, 0.0], [-1.5, 2.5, 7.2]])
 # ---------------------------------------------------------------------------- references
 def _list_pairs(nbrs: nl.NeighborList) -> set[tuple[int, int]]:
     """Ordered pairs (i, j) in the list; asserts no self pairs and no duplicates per row."""
-    idx = np.asarray(nbrs.idx)
+    idx = nl.neighbor_table(nbrs)
     n = idx.shape[0]
     out = set()
     for i, row in enumerate(idx):

@@ -261,20 +261,17 @@ class PairPotential:
                 f"{self.kind.name} params need keys {list(self.kind.param_names)}, got {list(params)}"
             )
 
-    def _pair_params(self, params, nbr_idx):
-        """Mixed parameters per pair: scalars for one type, (N, K) arrays otherwise."""
+    def _pair_params(self, params, ti, tj):
+        """Mixed parameters per pair: scalars for one type, else gathered from (T, T) tables
+        by the types ``ti`` (B, 1) and ``tj`` (B, K)."""
         if self.types is None:
             return {k: _MIXING[m](params[k][0], params[k][0]) for k, m in self.kind.mixing.items()}
         n_t = self.n_types
-        types = jnp.asarray(self.types)
-        ti = types[:, None]
-        tj = jnp.concatenate([types, jnp.zeros(1, jnp.int32)])[nbr_idx]
         flat = ti * n_t + tj
         out = {}
         for k, m in self.kind.mixing.items():
             v = params[k]
-            table = _MIXING[m](v[:, None], v[None, :]).reshape(-1)
-            out[k] = table[flat]
+            out[k] = _MIXING[m](v[:, None], v[None, :]).reshape(-1)[flat]
         return out
 
     # ------------------------------------------------------------------ neighbors
@@ -290,33 +287,72 @@ class PairPotential:
         )
 
     def _all_pairs(self, n):
-        idx = np.arange(n)[None, :].repeat(n, 0)
-        idx[np.arange(n), np.arange(n)] = n  # no self pair
-        return jnp.asarray(idx, jnp.int32)
+        rows = nl.padded_rows(n)
+        idx = np.full((rows, max(n - 1, 1)), n, dtype=np.int32)
+        for i in range(n):
+            idx[i, : n - 1] = np.delete(np.arange(n), i)
+        return jnp.asarray(idx)
 
-    def _pairs(self, positions, aux):
-        """(dr (N,K,3), r2 (N,K), idx (N,K)) with padding entries pushed beyond the cutoff."""
+    def _blocks(self, positions, params, aux, per_block):
+        """Run ``per_block(dx, dy, dz, r2, p) -> pytree`` over blocks of atoms in the list's
+        sorted order (cache-friendly; see neighbors.BLOCK). Padding pairs get r2 beyond the
+        cutoff, where every truncated pair function is exactly zero. Returns the stacked
+        per-block outputs and the (order, inverse) permutations (None for atom order)."""
         n = positions.shape[0]
-        idx = self._all_pairs(n) if aux is None else aux.idx
-        padded = jnp.concatenate([positions, jnp.zeros((1, 3), positions.dtype)])
-        dr = self.space.displacement(positions[:, None, :], padded[idx])
-        r2 = jnp.sum(dr * dr, axis=-1)
-        far = jnp.asarray(4.0 * self.cutoff**2, r2.dtype)
-        r2 = jnp.where(idx < n, r2, far)
-        return dr, r2, idx
+        if aux is None:
+            idx, order, inverse = self._all_pairs(n), None, None
+        else:
+            idx, order, inverse = aux.idx, aux.order, aux.inverse
+        rows, k = idx.shape
+        rs = positions if order is None else positions[order]
+        pad = jnp.zeros(rows + 1 - n, rs.dtype)
+        xs, ys, zs = (jnp.concatenate([rs[:, a], pad]) for a in range(3))
+        if self.types is not None:
+            t = jnp.asarray(self.types)
+            t = t if order is None else t[order]
+            ts = jnp.concatenate([t, jnp.zeros(rows + 1 - n, jnp.int32)])
+        far = jnp.asarray(4.0 * self.cutoff**2, rs.dtype)
+        b = nl.BLOCK
+
+        def block(args):
+            start, nbr = args  # nbr: (B, K) sorted positions of neighbors
+            xi = jax.lax.dynamic_slice_in_dim(xs, start, b)[:, None]
+            yi = jax.lax.dynamic_slice_in_dim(ys, start, b)[:, None]
+            zi = jax.lax.dynamic_slice_in_dim(zs, start, b)[:, None]
+            dx, dy, dz = self.space.displacement_components(xi - xs[nbr], yi - ys[nbr], zi - zs[nbr])
+            r2 = jnp.where(nbr < n, dx * dx + dy * dy + dz * dz, far)
+            if self.types is None:
+                p = self._pair_params(params, None, None)
+            else:
+                p = self._pair_params(params, jax.lax.dynamic_slice_in_dim(ts, start, b)[:, None],
+                                      ts[nbr])
+            return per_block(dx, dy, dz, r2, p)
+
+        starts = jnp.arange(0, rows, b, dtype=jnp.int32)
+        out = jax.lax.map(block, (starts, idx.reshape(rows // b, b, k)))
+        return out, inverse
+
+    def _u_du(self, r2, p):
+        return jax.jvp(lambda s: self._u(s, p), (r2,), (jnp.ones_like(r2),))
 
     # ------------------------------------------------------------------ physics
     def _energy_forces(self, positions, params, aux):
-        dr, r2, idx = self._pairs(positions, aux)
-        p = self._pair_params(params, idx)
-        u, du_dr2 = jax.jvp(lambda s: self._u(s, p), (r2,), (jnp.ones_like(r2),))
-        energy = 0.5 * jnp.sum(u)
-        forces = -2.0 * jnp.einsum("nk,nkd->nd", du_dr2, dr)
-        return energy, forces
+        n = positions.shape[0]
+
+        def per_block(dx, dy, dz, r2, p):
+            u, du = self._u_du(r2, p)
+            f = -2.0 * du
+            forces = jnp.stack([jnp.sum(f * dx, 1), jnp.sum(f * dy, 1), jnp.sum(f * dz, 1)], -1)
+            return 0.5 * jnp.sum(u), forces
+
+        (e, f), inverse = self._blocks(positions, params, aux, per_block)
+        f = f.reshape(-1, 3)[:n]
+        return jnp.sum(e), (f if inverse is None else f[inverse])
 
     def _energy_plain(self, positions, params, aux):
-        _, r2, idx = self._pairs(positions, aux)
-        return 0.5 * jnp.sum(self._u(r2, self._pair_params(params, idx)))
+        e, _ = self._blocks(positions, params, aux,
+                            lambda dx, dy, dz, r2, p: 0.5 * jnp.sum(self._u(r2, p)))
+        return jnp.sum(e)
 
     def energy(self, positions: Array, params, aux=None) -> Array:
         """Total pair energy (kJ/mol). positions: (N, 3) nm. Differentiable in positions and
@@ -348,11 +384,15 @@ class PairPotential:
     def virial(self, positions: Array, params, aux=None) -> Array:
         """Virial tensor W = sum over pairs of r_ij (x) f_ij, (3, 3) kJ/mol. The pressure tensor is
         (sum m v v + W) / V."""
-        dr, r2, idx = self._pairs(positions, aux)
-        p = self._pair_params(params, idx)
-        _, du_dr2 = jax.jvp(lambda s: self._u(s, p), (r2,), (jnp.ones_like(r2),))
-        # f_ij = -2 du/dr2 r_ij; each pair counted twice in the full list.
-        return -jnp.einsum("nk,nka,nkb->ab", du_dr2, dr, dr)
+
+        def per_block(dx, dy, dz, r2, p):
+            _, du = self._u_du(r2, p)
+            d = jnp.stack([dx, dy, dz], -1)
+            # f_ij = -2 du/dr2 r_ij; each pair appears twice in the full list.
+            return -jnp.einsum("nk,nka,nkb->ab", du, d, d)
+
+        w, _ = self._blocks(positions, params, aux, per_block)
+        return jnp.sum(w, 0)
 
     def tail_correction(self, params, n_particles: int, volume) -> tuple[Array, Array]:
         """Lennard-Jones long-range corrections for a homogeneous fluid, as if the plain
