@@ -77,7 +77,7 @@ def test_cell_list_equals_kdtree_periodic():
     rng = np.random.default_rng(0)
     r = rng.uniform(0.0, 1.0, (260, 3)) * lengths
     r[::7] += rng.integers(-2, 3, (len(r[::7]), 3)) * lengths  # some unwrapped coordinates
-    nbrs = nl.allocate(space.periodic(lengths), r, cutoff, skin)
+    nbrs = nl.allocate(space.periodic(lengths), r, cutoff, skin, method="cells")
     assert nbrs.grid is not None and min(nbrs.grid) >= 3, "system must use the cell grid"
     assert nbrs.grid == (3, 3, 4)
     assert not bool(nbrs.overflow)
@@ -92,7 +92,7 @@ def test_cell_list_equals_brute_force_triclinic():
     rng = np.random.default_rng(1)
     r = rng.uniform(0.0, 1.0, (300, 3)) @ BOX_TRI
     r[::5] += rng.integers(-1, 2, (len(r[::5]), 3)) @ BOX_TRI
-    nbrs = nl.allocate(space.triclinic(BOX_TRI), r, cutoff, skin)
+    nbrs = nl.allocate(space.triclinic(BOX_TRI), r, cutoff, skin, method="cells")
     assert nbrs.grid is not None and min(nbrs.grid) >= 3
     ref = _image_pairs(r, BOX_TRI, cutoff + skin)
     assert len(ref) > 2000
@@ -129,7 +129,7 @@ def test_update_rebuilds_only_after_half_skin():
     sp = space.periodic(lengths)
     rng = np.random.default_rng(3)
     r0 = rng.uniform(0.0, lengths, (150, 3))
-    nbrs = nl.allocate(sp, r0, cutoff, skin)
+    nbrs = nl.allocate(sp, r0, cutoff, skin, method="cells")
     assert int(nbrs.n_builds) == 1
     update = jax.jit(nl.update)
 
@@ -169,7 +169,7 @@ def test_neighbor_overflow_on_compression_then_grow():
     l0, cutoff, skin, scale = 4.7, 1.0, 0.2, 0.8
     rng = np.random.default_rng(4)
     r0 = rng.uniform(0.0, l0, (80, 3))
-    nbrs = nl.allocate(space.periodic(l0), r0, cutoff, skin, capacity_factor=1.0, min_extra=1)
+    nbrs = nl.allocate(space.periodic(l0), r0, cutoff, skin, capacity_factor=1.0, min_extra=1, method="cells")
     assert nbrs.grid == (3, 3, 3)
     k0 = nbrs.capacity
 
@@ -200,7 +200,7 @@ def test_cell_overflow_then_grow():
     sp = space.periodic(lengths)
     rng = np.random.default_rng(5)
     r0 = rng.uniform(0.0, lengths, (120, 3))
-    nbrs = nl.allocate(sp, r0, cutoff, skin)
+    nbrs = nl.allocate(sp, r0, cutoff, skin, method="cells")
     assert nbrs.grid == (3, 3, 3)
     cap = nbrs.cell_capacity
 
@@ -229,7 +229,7 @@ def test_compression_never_silently_drops_pairs():
     rng = np.random.default_rng(6)
     r0 = rng.uniform(0.0, l0, (120, 3))
     # generous capacities, so that neither neighbor nor cell slots run out
-    nbrs = nl.allocate(space.periodic(l0), r0, cutoff, skin, capacity_factor=5.0)
+    nbrs = nl.allocate(space.periodic(l0), r0, cutoff, skin, capacity_factor=5.0, method="cells")
     assert nbrs.grid == (5, 5, 5)
     small = space.periodic(l0 * scale)
     r1 = r0 * scale
@@ -255,7 +255,9 @@ def test_pair_forces_with_list_equal_all_pairs(kind_of_box):
         sp = space.triclinic(BOX_TRI)
         cutoff, skin = 1.8, 0.2
     r = _lattice(box, 6, 0.12, seed=7)
-    with_list = PairPotential("lennard_jones", sp, cutoff, truncation="shift", skin=skin)
+    with_list = PairPotential(
+        "lennard_jones", sp, cutoff, truncation="shift", skin=skin, list_method="cells"
+    )
     all_pairs = PairPotential("lennard_jones", sp, cutoff, truncation="shift", neighbor_list=False)
     params = with_list.init_params(sigma=1.0, epsilon=1.0)
     aux = with_list.allocate(r)

@@ -53,6 +53,8 @@ class NeighborList:
     cutoff, skin: interaction cutoff and skin (static); pairs closer than cutoff + skin are listed.
     cell_capacity: atoms per cell slot (static), 0 when the list is built from all pairs.
     grid: cells per box vector (static), or None for an all-pairs build.
+    method: "auto" (cells when they test fewer candidates than all pairs), "cells" or
+      "all_pairs" (static).
     """
 
     idx: Array
@@ -68,6 +70,7 @@ class NeighborList:
     skin: float = field(metadata=dict(static=True), default=0.0)
     cell_capacity: int = field(metadata=dict(static=True), default=0)
     grid: tuple[int, int, int] | None = field(metadata=dict(static=True), default=None)
+    method: str = field(metadata=dict(static=True), default="auto")
 
     @property
     def n_atoms(self) -> int:
@@ -277,23 +280,29 @@ def allocate(
     *,
     capacity_factor: float = 1.2,
     min_extra: int = 8,
+    method: str = "auto",
 ) -> NeighborList:
     """Allocate and build a neighbor list on the host.
 
     positions: (N, 3) nm. cutoff: interaction cutoff (nm). skin: extra margin (nm); the list
     holds pairs closer than cutoff + skin and stays valid until a particle moves skin/2.
     capacity_factor: headroom over the current largest neighbor count (structural).
+    method: "auto", "cells" (cell grid whenever the box holds 3 cells per side) or "all_pairs".
     """
+    if method not in ("auto", "cells", "all_pairs"):
+        raise ValueError(f"method must be 'auto', 'cells' or 'all_pairs', got {method!r}")
     r = _check_positions(positions)
     if cutoff <= 0 or skin < 0:
         raise ValueError(f"need cutoff > 0 and skin >= 0, got cutoff={cutoff}, skin={skin}")
     space.check_cutoff(cutoff + skin, "cutoff + skin")
-    grid = _grid_for(space, cutoff + skin)
+    grid = None if method == "all_pairs" else _grid_for(space, cutoff + skin)
     n = r.shape[0]
     positions = jnp.asarray(positions)
     if grid is not None:
         occ = _max_occupancy(space, r, grid)
         cell_capacity = int(np.ceil(occ * capacity_factor)) + 2
+        if method == "auto" and 27 * cell_capacity >= n:  # cells would test more than N
+            grid, cell_capacity = None, 0
     else:
         cell_capacity = 0
     # One compiled build: start from a generous capacity (an estimate from the mean density, or
@@ -319,6 +328,7 @@ def allocate(
         skin=float(skin),
         cell_capacity=cell_capacity,
         grid=grid,
+        method=method,
     )
     nbrs = jax.jit(_build)(space, positions, nbrs)
     if bool(nbrs.overflow):  # denser than the estimate (clusters, droplets): build again
@@ -336,12 +346,14 @@ def grow(positions, nbrs: NeighborList, factor: float = 1.5) -> NeighborList:
     k = max(nbrs.capacity, int(np.ceil(int(nbrs.max_count) * factor)))
     k = min(max(k, nbrs.capacity + 1), max(n - 1, 1))
     space.check_cutoff(nbrs.list_cutoff, "cutoff + skin")
-    grid = _grid_for(space, nbrs.list_cutoff)
+    grid = None if nbrs.method == "all_pairs" else _grid_for(space, nbrs.list_cutoff)
     cell_capacity = nbrs.cell_capacity
     if grid is not None:
         cell_capacity = max(cell_capacity, int(np.ceil(int(nbrs.max_cell_count) * factor)) + 2)
         if grid != nbrs.grid:  # re-gridded: size the cells for the new occupancy
             cell_capacity = max(cell_capacity, _max_occupancy(space, np.asarray(positions), grid) + 2)
+        if nbrs.method == "auto" and 27 * cell_capacity >= n:
+            grid, cell_capacity = None, 0
     else:
         cell_capacity = 0
     fresh = replace(

@@ -96,6 +96,12 @@ class Simulation:
         self.state = integrator.init(jax.random.PRNGKey(seed), positions, params, self.settings,
                                      masses=masses, velocities=velocities)
         self.n_atoms = self.state.positions.shape[0]
+        f2 = np.sum(np.asarray(self.state.forces, dtype=float) ** 2, axis=-1)
+        bad = ~(np.isfinite(f2) & (f2 < self.blowup_force**2))
+        if bad.any():
+            atoms = np.nonzero(bad)[0].tolist()
+            e = _BlowupWithFrames(0, atoms, None, self.blowup_force)
+            raise BlowupError(str(e), 0, atoms)
         self.dof = integrator.dof(self.n_atoms)
         self._chunk = jax.jit(self._chunk_impl)
         self.regrowths = 0
@@ -150,7 +156,8 @@ class Simulation:
             s, bad_step, bad_atoms = carry
             s = step(s, params, settings)
             f2 = jnp.sum(s.forces * s.forces, -1)
-            bad = ~(jnp.isfinite(f2) & (f2 < limit2) & jnp.all(jnp.isfinite(s.positions), -1))
+            bad = ~(jnp.isfinite(f2) & (f2 < limit2) & jnp.all(jnp.isfinite(s.positions), -1)
+                    & jnp.all(jnp.isfinite(s.velocities), -1))
             first = (bad_step < 0) & jnp.any(bad)
             bad_step = jnp.where(first, s.step, bad_step)
             bad_atoms = jnp.where(first, bad, bad_atoms)
@@ -303,6 +310,8 @@ def _same_structure(old, new, what: str):
     out = []
     for o, n in zip(old_leaves, new_leaves):
         a = jnp.asarray(n, dtype=jnp.asarray(o).dtype)
+        if a.shape == () and jnp.shape(o) != ():  # a bare number sets every entry (e.g. per type)
+            a = jnp.broadcast_to(a, jnp.shape(o))
         if a.shape != jnp.shape(o):
             raise ValueError(f"{what} leaf has shape {a.shape}, expected {jnp.shape(o)} (shapes are structural)")
         if not bool(jnp.all(jnp.isfinite(a))):

@@ -10,6 +10,7 @@ regrowing neighbor lists that overflow (so no step is computed with an incomplet
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -86,6 +87,18 @@ def gradient_descent(potential, step_size=1e-4):
     return init_fire, step
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled(potential, method: str, chunk: int, options: tuple):
+    """Jitted (init, run-a-chunk) for a potential, cached so repeated minimize() calls on the
+    same potential compile once."""
+    init, step = {"fire": fire, "gradient_descent": gradient_descent}[method](potential, **dict(options))
+
+    def run(s, params):
+        return jax.lax.scan(lambda c, _: (step(c, params), None), s, None, length=chunk)[0]
+
+    return jax.jit(init), jax.jit(run)
+
+
 @dataclass(frozen=True)
 class MinimizeResult:
     positions: Array
@@ -107,13 +120,10 @@ def minimize(potential, positions, params, aux=None, *, method: str = "fire",
     positions = jnp.asarray(positions, dtype=jnp.result_type(float))
     if aux is None:
         aux = potential.allocate(positions)
-    init, step = makers[method](potential, **options)
-
-    @jax.jit
-    def run(s, params):
-        return jax.lax.scan(lambda c, _: (step(c, params), None), s, None, length=chunk)[0]
-
-    state = jax.jit(init)(positions, params, aux)
+    init, run = _compiled(potential, method, chunk, tuple(sorted(options.items())))
+    state = init(positions, params, aux)
+    while bool(overflowed(state.aux)):  # the list given was too small: regrow before step 0
+        state = init(positions, params, nl.grow_all(state.aux, positions))
     done = 0
     while True:
         fmax = float(jnp.max(jnp.abs(state.forces)))

@@ -191,7 +191,8 @@ class PairPotential:
     r_switch: start of the switching region for ``truncation="switch"`` (nm).
     types: (N,) integer particle types, or None for a single type (structural).
     skin: neighbor-list skin (nm). ``neighbor_list=False`` sums over all pairs instead (small or
-      non-periodic systems).
+      non-periodic systems). list_method: how the list is built, "auto", "cells" or "all_pairs"
+      (see :func:`workbench.neighbors.allocate`).
     """
 
     kind: PairKind | str
@@ -203,6 +204,7 @@ class PairPotential:
     skin: float = 0.3
     neighbor_list: bool = True
     capacity_factor: float = 1.2
+    list_method: str = "auto"
 
     def __post_init__(self):
         kind = KINDS.get(self.kind) if isinstance(self.kind, str) else self.kind
@@ -283,7 +285,8 @@ class PairPotential:
         if not self.neighbor_list:
             return None
         return nl.allocate(
-            self.space, positions, self.cutoff, self.skin, capacity_factor=self.capacity_factor
+            self.space, positions, self.cutoff, self.skin, capacity_factor=self.capacity_factor,
+            method=self.list_method,
         )
 
     def _all_pairs(self, n):
