@@ -49,11 +49,11 @@ LOG_COLUMNS = ["step", "time", "potential", "kinetic", "total", "temperature", "
 
 class BlowupError(FloatingPointError):
     """The simulation produced non-finite or exploding values. ``step`` and ``atoms`` say
-    where; frames before it were written."""
+    where; ``frames`` holds the good frames of the failing chunk (written by ``run``)."""
 
-    def __init__(self, message: str, step: int, atoms: list[int]):
+    def __init__(self, message: str, step: int, atoms: list[int], frames: "Frame | None" = None):
         super().__init__(message)
-        self.step, self.atoms = step, atoms
+        self.step, self.atoms, self.frames = step, atoms, frames
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,14 @@ class Simulation:
     positions: (N, 3) nm; masses: scalar or (N,) amu; seed: PRNG seed (velocities and noise).
     report_interval: steps between reported frames; frames_per_chunk: frames per compiled chunk
       (both structural). topology: mdtraj topology for trajectory files (optional).
-    blowup_force: a force component above this (kJ/mol/nm) counts as a blow-up.
+    blowup_force: a force above this (kJ/mol/nm) counts as a blow-up; so does a move longer
+      than ``blowup_move`` (nm) in one step.
     """
 
     def __init__(self, potential, params, integrator, settings, positions, *, masses=1.0,
                  seed: int = 0, velocities=None, report_interval: int = 100,
-                 frames_per_chunk: int = 1, topology=None, blowup_force: float = 1e8):
+                 frames_per_chunk: int = 1, topology=None, blowup_force: float = 1e8,
+                 blowup_move: float = 1.0):
         if isinstance(integrator, str):
             if integrator not in INTEGRATORS:
                 raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(INTEGRATORS)}")
@@ -92,6 +94,8 @@ class Simulation:
         self.settings = settings if not isinstance(settings, dict) else integrator.settings(**settings)
         self.report_interval, self.frames_per_chunk = int(report_interval), int(frames_per_chunk)
         self.topology, self.blowup_force = topology, float(blowup_force)
+        self.blowup_move = float(blowup_move)
+        self.time = 0.0  # ps, accumulated chunk by chunk with each chunk's own dt
         self.seed = seed
         self.state = integrator.init(jax.random.PRNGKey(seed), positions, params, self.settings,
                                      masses=masses, velocities=velocities)
@@ -100,8 +104,7 @@ class Simulation:
         bad = ~(np.isfinite(f2) & (f2 < self.blowup_force**2))
         if bad.any():
             atoms = np.nonzero(bad)[0].tolist()
-            e = _BlowupWithFrames(0, atoms, None, self.blowup_force)
-            raise BlowupError(str(e), 0, atoms)
+            raise _blowup(0, atoms, None, self.blowup_force, self.blowup_move)
         self.dof = integrator.dof(self.n_atoms)
         self._chunk = jax.jit(self._chunk_impl)
         self.regrowths = 0
@@ -150,13 +153,15 @@ class Simulation:
 
     def _chunk_impl(self, state, params, settings):
         step = self.integrator.step
-        limit2 = self.blowup_force**2
+        limit2, move2 = self.blowup_force**2, self.blowup_move**2
 
         def one(carry, _):
             s, bad_step, bad_atoms = carry
+            before = s.positions
             s = step(s, params, settings)
             f2 = jnp.sum(s.forces * s.forces, -1)
-            bad = ~(jnp.isfinite(f2) & (f2 < limit2) & jnp.all(jnp.isfinite(s.positions), -1)
+            d = s.positions - before
+            bad = ~(jnp.isfinite(f2) & (f2 < limit2) & (jnp.sum(d * d, -1) < move2)
                     & jnp.all(jnp.isfinite(s.velocities), -1))
             first = (bad_step < 0) & jnp.any(bad)
             bad_step = jnp.where(first, s.step, bad_step)
@@ -189,14 +194,15 @@ class Simulation:
         steps = np.asarray(steps)
         thermo = {k: np.asarray(v) for k, v in thermo.items()}
         thermo["step"] = steps
-        thermo["time"] = steps * float(self.settings.dt)
+        thermo["time"] = self.time + (steps - int(start.step)) * float(self.settings.dt)
         frame = Frame(np.asarray(pos), thermo)
         if bad_step >= 0:
             atoms = np.nonzero(np.asarray(bad_atoms))[0].tolist()
             good = steps < bad_step
             partial = Frame(frame.positions[good], {k: v[good] for k, v in thermo.items()})
-            raise _BlowupWithFrames(bad_step, atoms, partial, self.blowup_force)
+            raise _blowup(bad_step, atoms, partial, self.blowup_force, self.blowup_move)
         self.state = new
+        self.time += self.steps_per_chunk * float(self.settings.dt)
         return frame
 
     # ---------------------------------------------------------------- host loop
@@ -231,9 +237,10 @@ class Simulation:
             for i in range(n_steps // per):
                 try:
                     frame = self.advance()
-                except _BlowupWithFrames as e:
-                    self._emit(e.frames, writer, logger, records, reporters)
-                    raise BlowupError(str(e), e.step, e.atoms) from None
+                except BlowupError as e:
+                    if e.frames is not None:
+                        self._emit(e.frames, writer, logger, records, reporters)
+                    raise
                 self._emit(frame, writer, logger, records, reporters)
                 if bar is not None:
                     bar.update(per)
@@ -278,17 +285,17 @@ class Simulation:
         self.state = state
 
 
-class _BlowupWithFrames(Exception):
-    def __init__(self, step, atoms, frames, limit):
-        shown = atoms[:20]
-        more = f" and {len(atoms) - 20} more" if len(atoms) > 20 else ""
-        super().__init__(
-            f"simulation blew up at step {step}: non-finite positions or forces above "
-            f"{limit:g} on atoms {shown}{more}. Frames before step {step} were kept. Typical "
-            "causes: overlapping atoms in the start structure (minimize first), a time step "
-            "too large for the fastest motion, or a parameter pushed out of range."
-        )
-        self.step, self.atoms, self.frames = step, atoms, frames
+def _blowup(step: int, atoms: list[int], frames, limit: float, max_move: float) -> BlowupError:
+    shown = atoms[:20]
+    more = f" and {len(atoms) - 20} more" if len(atoms) > 20 else ""
+    return BlowupError(
+        f"simulation blew up at step {step}: non-finite values, forces above {limit:g} or a "
+        f"move longer than {max_move:g} in one step, on atoms {shown}{more}. Frames before "
+        f"step {step} were kept. Typical causes: overlapping atoms in the start structure "
+        "(minimize first), a time step too large for the fastest motion, or a parameter pushed "
+        "out of range.",
+        step, atoms, frames,
+    )
 
 
 def _default_topology(n_atoms: int):

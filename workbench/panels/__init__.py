@@ -1,0 +1,19 @@
+"""Live Jupyter panels over a :class:`workbench.session.Session` (ipywidgets, nglview,
+matplotlib). The only part of workbench that imports widget libraries; no physics here.
+
+* :class:`SimulationPanel` - nglview view updated in place, energy / temperature / pressure
+  plots, run controls, frame replay, export;
+* :class:`ParameterPanel` - sliders generated from the parameter pytree and the integrator
+  settings (numeric: applied at the next chunk, no recompilation), compile count;
+* :class:`Workbench` - both side by side; each also works alone.
+
+Needs ``nglview==4.0`` in JupyterLab 4 (see docs on the 4.0.1 frontend mismatch).
+"""
+
+from .parameters import ParameterPanel, default_range
+from .runner import LiveUpdater, RunControls
+from .simulation import SimulationPanel, ThermoFigure
+from .workbench_view import Workbench
+
+__all__ = ["LiveUpdater", "ParameterPanel", "RunControls", "SimulationPanel", "ThermoFigure",
+           "Workbench", "default_range"]
