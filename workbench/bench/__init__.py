@@ -1,0 +1,17 @@
+"""Benchmarks behind ``workbench bench``: each measures workbench side by side with its peers.
+
+* :mod:`workbench.bench.lj`: the Lennard-Jones fluid of LAMMPS ``in.lj`` (NVE, reduced units),
+  against jax-md and OpenMM's CPU platform (:mod:`workbench.bench.peers`).
+
+Every benchmark module exposes ``main(argv: list[str] | None) -> int`` (its own argument parser,
+``prog="workbench bench NAME"``); :mod:`workbench.cli` dispatches to it. Peers are optional and
+imported lazily (``pip install -e ".[bench]"``). See ``benchmarks/README.md``.
+"""
+
+__all__ = ["BENCHMARKS"]
+
+BENCHMARKS = {
+    "lj": "Lennard-Jones fluid (LAMMPS in.lj): atom-steps/s, compile and cold-start times",
+    "panels": "live panels: chunk latency and frame rate (workbench.bench.panels)",
+}
+"""Benchmark name -> one-line description (module ``workbench.bench.<name>``)."""

@@ -1,0 +1,160 @@
+"""The ``workbench`` command line.
+
+    workbench lab [JUPYTER-ARGS ...]      JupyterLab on the project's notebooks/ directory
+    workbench bench lj [OPTIONS]          Lennard-Jones benchmark against jax-md and OpenMM
+    workbench bench panels [ARGS ...]     live-panel benchmark (workbench.bench.panels)
+    workbench --version
+
+Benchmark peers (jax-md, OpenMM) and optional benchmark modules are imported only when their
+subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["build_parser", "lab_command", "main", "notebooks_dir"]
+
+_ROOT_FLAGS = ("--ServerApp.root_dir", "--notebook-dir", "--NotebookApp.notebook_dir",
+               "--ServerApp.notebook_dir", "--root-dir")
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("workbench")
+    except metadata.PackageNotFoundError:  # running from a checkout that is not installed
+        return "unknown"
+
+
+def notebooks_dir(cwd: str | Path | None = None) -> Path:
+    """The project's ``notebooks/`` directory: next to the package source (a repository
+    checkout or editable install) first, then under ``cwd`` (default: the current directory),
+    then ``cwd`` itself if it holds notebooks. Raises FileNotFoundError saying where it looked."""
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    package_root = Path(__file__).resolve().parent.parent
+    candidates = [package_root / "notebooks", cwd / "notebooks"]
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    if any(cwd.glob("*.ipynb")):
+        return cwd.resolve()
+    looked = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"no notebooks/ directory found (looked in {looked}); run `workbench lab` from the "
+        "project checkout, or pass --ServerApp.root_dir=PATH")
+
+
+def lab_command(extra: Sequence[str] = (), notebooks: str | Path | None = None) -> list[str]:
+    """The command line that ``workbench lab`` runs: this interpreter's ``-m jupyter lab`` (so
+    the virtual environment's JupyterLab is used), rooted at ``notebooks`` (default:
+    :func:`notebooks_dir`) unless ``extra`` names a root itself, with ``--allow-root`` added
+    when running as root (JupyterLab refuses to start otherwise), then ``extra``."""
+    extra = list(extra)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    cmd = [sys.executable, "-m", "jupyter", "lab"]
+    if not any(a.split("=", 1)[0] in _ROOT_FLAGS for a in extra):
+        root = Path(notebooks) if notebooks is not None else notebooks_dir()
+        cmd.append(f"--ServerApp.root_dir={root}")
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in extra:
+        cmd.append("--allow-root")
+    return cmd + extra
+
+
+def _run_lab(args: argparse.Namespace, extra: list[str]) -> int:
+    import subprocess
+
+    try:
+        cmd = lab_command(extra)
+    except FileNotFoundError as exc:
+        print(f"workbench lab: {exc}", file=sys.stderr)
+        return 2
+    if args.print_command:
+        print(" ".join(cmd))
+        return 0
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run_bench_lj(args: argparse.Namespace, extra: list[str]) -> int:
+    from .bench import lj
+
+    return lj.run(args)
+
+
+def _run_bench_module(name: str, extra: list[str]) -> int:
+    try:
+        module = importlib.import_module(f"workbench.bench.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"workbench.bench.{name}":
+            raise
+        print(f"workbench bench {name}: this benchmark is not available in this version "
+              f"(module workbench.bench.{name} does not exist yet)", file=sys.stderr)
+        return 2
+    return int(module.main(extra) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for ``workbench`` (subcommands lab, bench lj, bench panels)."""
+    parser = argparse.ArgumentParser(
+        prog="workbench", description="Interactive, differentiable molecular simulation in JAX.")
+    parser.add_argument("--version", action="version", version=f"workbench {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    try:
+        where = str(notebooks_dir())
+    except FileNotFoundError:
+        where = "not found from here"
+    lab = sub.add_parser(
+        "lab", allow_abbrev=False, help="open JupyterLab on the project's notebooks",
+        description=f"Run JupyterLab (this Python's `-m jupyter lab`) on notebooks/ ({where}). "
+                    "Unrecognised arguments go to JupyterLab, e.g. `workbench lab --port 8899 "
+                    "--no-browser`; put `--` first to pass JupyterLab's own --help.")
+    lab.add_argument("--print-command", action="store_true",
+                     help="print the JupyterLab command line instead of running it")
+    lab.set_defaults(handler=_run_lab)
+
+    bench = sub.add_parser("bench", help="benchmarks against peer engines",
+                           description="Benchmarks; see benchmarks/README.md.")
+    bsub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    bsub.required = True
+    from .bench import BENCHMARKS
+
+    lj_parser = bsub.add_parser(
+        "lj", allow_abbrev=False, help=BENCHMARKS["lj"],
+        description="Lennard-Jones fluid (LAMMPS in.lj, NVE, reduced units): workbench against "
+                    "jax-md and OpenMM in one run.")
+    from .bench.lj import add_arguments
+
+    add_arguments(lj_parser)
+    lj_parser.set_defaults(handler=_run_bench_lj, subparser=lj_parser)
+    panels = bsub.add_parser("panels", add_help=False, help=BENCHMARKS["panels"])
+    panels.set_defaults(handler=lambda args, extra: _run_bench_module("panels", extra))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``workbench`` console script; returns the exit status."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    if extra and handler not in (_run_lab,) and getattr(args, "benchmark", None) != "panels":
+        getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    return int(handler(args, extra) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
