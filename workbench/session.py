@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import io as wio
-from .simulate import LOG_COLUMNS, BlowupError, Simulation
+from .simulate import LOG_COLUMNS, BlowupError, Simulation, _same_structure
 
 __all__ = ["EVENTS", "UNITS", "ChunkRecord", "FrameBatch", "ParamSpec", "Session"]
 
@@ -386,7 +386,7 @@ class Session:
         with self._lock:
             base = self._pending_params if self._pending_params is not None else self.params
             if params is not None:
-                base = _cast_like(self.params, params)
+                base = _same_structure(self.params, params, "params")
             if values:
                 base = _with_values(self._leaves, base, values)
             self._pending_params = base
@@ -759,24 +759,6 @@ def _with_values(leaves: list[_Leaf], tree, values: dict[str, float]):
             arrays[i].reshape(-1)[j] = v
     out = [jnp.asarray(a, dtype=spec.dtype) for a, spec in zip(arrays, leaves)]
     return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def _cast_like(old, new):
-    """``new`` with ``old``'s structure, dtypes and shapes (raises on any mismatch)."""
-    old_leaves, old_def = jax.tree_util.tree_flatten(old)
-    new_leaves, new_def = jax.tree_util.tree_flatten(new)
-    if old_def != new_def:
-        raise ValueError(f"params have a different structure: expected {old_def}, got {new_def}")
-    out = []
-    for o, n in zip(old_leaves, new_leaves):
-        a = jnp.asarray(n, dtype=jnp.asarray(o).dtype)
-        if a.shape != jnp.shape(o):
-            raise ValueError(f"a params leaf has shape {a.shape}, expected {jnp.shape(o)} "
-                             "(shapes are structural: use rebuild())")
-        if not bool(jnp.all(jnp.isfinite(a))):
-            raise ValueError("params contain non-finite values")
-        out.append(a)
-    return jax.tree_util.tree_unflatten(old_def, out)
 
 
 @atexit.register

@@ -320,7 +320,8 @@ def _same_structure(old, new, what: str):
         if a.shape == () and jnp.shape(o) != ():  # a bare number sets every entry (e.g. per type)
             a = jnp.broadcast_to(a, jnp.shape(o))
         if a.shape != jnp.shape(o):
-            raise ValueError(f"{what} leaf has shape {a.shape}, expected {jnp.shape(o)} (shapes are structural)")
+            raise ValueError(f"{what} leaf has shape {a.shape}, expected {jnp.shape(o)} "
+                             "(shapes are structural: rebuild the simulation to change them)")
         if not bool(jnp.all(jnp.isfinite(a))):
             raise ValueError(f"{what} contains non-finite values")
         out.append(a)
