@@ -148,3 +148,21 @@ def test_bench_lj_peers(tmp_path):
     data = _check_results(path, {"workbench", "jax-md", "openmm"})
     start = [r["energy_start"] for r in data["results"]]
     assert max(start) - min(start) < 1e-3  # the same system in every engine
+
+
+def test_missing_peer_is_skipped_with_install_hint(monkeypatch, capsys):
+    from workbench.bench import lj, peers
+
+    with pytest.raises(ImportError, match=r"pip install -e \".\[bench\]\""):
+        peers._require("no_such_peer_package", "NoSuchPeer")
+
+    def unavailable(name):
+        raise peers.PeerUnavailable(f"{name} is not installed; {peers.INSTALL_HINT}")
+
+    monkeypatch.setattr(peers, "engine_class", unavailable)
+    status = lj.main(["--atoms", "256", "--steps", "50", "--chunk", "50", "--no-cold",
+                      "--compare", "openmm"])
+    assert status == 0
+    captured = capsys.readouterr()
+    assert "skipping openmm" in captured.err and "pip install" in captured.err
+    assert "workbench" in captured.out and "skipped openmm" in captured.out

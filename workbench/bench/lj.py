@@ -423,7 +423,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by parsed ``args``; returns the exit status
-    (0 ok, 1 non-finite energy, 2 bad input)."""
+    (0 ok, 1 an engine failed or gave a non-finite energy, 2 bad input)."""
     try:
         for n in args.atoms:
             check_atoms(n)
@@ -444,24 +444,37 @@ def run(args: argparse.Namespace) -> int:
             print(f"skipping {peer}: {exc}", file=sys.stderr)
             skipped.append({"engine": peer, "reason": str(exc)})
     results: list[EngineResult] = []
+    failed: list[dict] = []
     for n in args.atoms:
         case = lj_case(n, args.seed)
         steps = args.steps
         for name in engines:
             _log(f"[bench lj] {name}, {n} atoms: compiling and timing ...")
-            res = _measure_engine(name, case, args, steps)
+            try:
+                res = _measure_engine(name, case, args, steps)
+            except (RuntimeError, FloatingPointError, ValueError, MemoryError) as exc:
+                msg = f"{type(exc).__name__}: {exc}"
+                _log(f"[bench lj] {name}, {n} atoms FAILED: {msg}")
+                failed.append({"engine": name, "n_atoms": n, "error": msg})
+                continue
             if steps is None:
                 steps = res.steps  # peers run as many steps as workbench did
             if not args.no_cold:
                 _log(f"[bench lj] {name}, {n} atoms: cold start in a fresh process ...")
-                cold = cold_start(name, n, args.chunk, args.seed, res.extra.get("format"))
-                res.cold_first_chunk_s = cold["first_chunk_s"]
-                res.cold_import_s = cold["import_s"]
+                try:
+                    cold = cold_start(name, n, args.chunk, args.seed, res.extra.get("format"))
+                    res.cold_first_chunk_s = cold["first_chunk_s"]
+                    res.cold_import_s = cold["import_s"]
+                except RuntimeError as exc:
+                    _log(f"[bench lj] {name}, {n} atoms: cold start failed: {exc}")
+                    res.extra["cold_error"] = str(exc)[-500:]
             _log(f"[bench lj] {name}, {n} atoms: {res.atom_steps_per_s:.3e} atom-steps/s")
             results.append(res)
     print(format_table(results))
     for s in skipped:
         print(f"(skipped {s['engine']}: {s['reason']})")
+    for f in failed:
+        print(f"(failed {f['engine']} at {f['n_atoms']} atoms: {f['error']})")
     if args.json:
         payload = {
             "benchmark": "lj",
@@ -474,6 +487,7 @@ def run(args: argparse.Namespace) -> int:
             "machine": machine_info(),
             "results": [asdict(r) for r in results],
             "skipped": skipped,
+            "failed": failed,
         }
         with open(args.json, "w") as fh:
             json.dump(payload, fh, indent=2, default=_json_default)
@@ -482,7 +496,7 @@ def run(args: argparse.Namespace) -> int:
     for r in bad:
         print(f"error: {r.engine} at {r.n_atoms} atoms produced a non-finite energy",
               file=sys.stderr)
-    return 1 if bad else 0
+    return 1 if bad or failed else 0
 
 
 def _json_default(x):
