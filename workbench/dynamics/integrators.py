@@ -170,8 +170,10 @@ def _make_init(potential, kT_of: Callable[[Any], Any] | None, remove_com: bool, 
         n = r.shape[0]
         m = _check_masses(masses, n)
         positions = jnp.asarray(positions, dtype=jnp.result_type(float))
+        evaluate = potential.evaluate
         if aux is None:
             aux = potential.allocate(positions)
+            evaluate = getattr(potential, "evaluate_fresh", potential.evaluate)
         key, vkey = jax.random.split(key)
         if velocities is None:
             if kT_of is None:
@@ -182,7 +184,7 @@ def _make_init(potential, kT_of: Callable[[Any], Any] | None, remove_com: bool, 
             v = jnp.asarray(velocities, dtype=positions.dtype)
             if v.shape != positions.shape:
                 raise ValueError(f"velocities must have shape {positions.shape}, got {v.shape}")
-        ev, aux = jax.jit(potential.evaluate)(positions, params, aux)
+        ev, aux = jax.jit(evaluate)(positions, params, aux)
         chain = None
         if chain_len:
             z = jnp.zeros(chain_len, dtype=positions.dtype)

@@ -7,6 +7,8 @@ A potential has three faces:
 * ``evaluate(positions, params, aux) -> (Evaluation, aux)`` (jit-able) refreshes ``aux`` (for
   example rebuilds a stale neighbor list) and returns energy and forces in one pass. Integrators
   call this.
+* optional ``evaluate_fresh(positions, params, aux)``: the same for an ``aux`` just allocated at
+  ``positions`` (skips the staleness check; integrators use it for the first evaluation).
 * ``energy(positions, params, aux)`` (jit-able, differentiable in positions and params) returns the
   scalar energy. Forces are ``-grad(energy)``; fast paths must agree with it (tested).
 
@@ -105,11 +107,17 @@ class Sum:
         self._check(params)
         return sum(t.energy(positions, params[n], aux[n]) for n, t in self.terms.items())
 
-    def evaluate(self, positions: Array, params: Mapping[str, Any], aux: Mapping[str, Any]):
+    def evaluate(self, positions: Array, params: Mapping[str, Any], aux: Mapping[str, Any],
+                 _fresh: bool = False):
         self._check(params)
         energy, forces, new_aux = 0.0, jnp.zeros_like(positions), {}
         for name, term in self.terms.items():
-            ev, new_aux[name] = term.evaluate(positions, params[name], aux[name])
+            fn = getattr(term, "evaluate_fresh", term.evaluate) if _fresh else term.evaluate
+            ev, new_aux[name] = fn(positions, params[name], aux[name])
             energy = energy + ev.energy
             forces = forces + ev.forces
         return Evaluation(energy=jnp.asarray(energy), forces=forces), new_aux
+
+    def evaluate_fresh(self, positions: Array, params: Mapping[str, Any], aux: Mapping[str, Any]):
+        """As :meth:`evaluate`, for lists just allocated at ``positions``."""
+        return self.evaluate(positions, params, aux, _fresh=True)

@@ -384,6 +384,13 @@ class PairPotential:
         energy, forces = self._energy_forces(positions, params, aux)
         return Evaluation(energy=energy, forces=forces), aux
 
+    def evaluate_fresh(self, positions: Array, params, aux=None):
+        """Energy and forces with a list just built at ``positions`` (no staleness check: a
+        smaller program to compile, used right after :meth:`allocate`)."""
+        self._check_params(params)
+        energy, forces = self._energy_forces(positions, params, aux)
+        return Evaluation(energy=energy, forces=forces), aux
+
     def virial(self, positions: Array, params, aux=None) -> Array:
         """Virial tensor W = sum over pairs of r_ij (x) f_ij, (3, 3) kJ/mol. The pressure tensor is
         (sum m v v + W) / V."""
