@@ -218,7 +218,7 @@ def _apply_static(tree, meta: list):
             changes = {f.name: visit(getattr(x, f.name)) for f in fields(x) if not f.metadata.get("static")}
             return replace(x, **changes)
         if isinstance(x, dict):
-            return {k: visit(x[k]) for k in sorted(x)} | {}
+            return {k: visit(x[k]) for k in sorted(x)}
         if isinstance(x, (list, tuple)):
             return type(x)(visit(v) for v in x)
         return x

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..neighbors import _check_positions
+
 Array = jax.Array
 
 __all__ = [
@@ -162,12 +164,7 @@ def _check_masses(masses, n):
 
 def _make_init(potential, kT_of: Callable[[Any], Any] | None, remove_com: bool, chain_len=0):
     def init(key, positions, params, settings, *, masses=1.0, velocities=None, aux=None):
-        r = np.asarray(positions)
-        if r.ndim != 2 or r.shape[1] != 3:
-            raise ValueError(f"positions must have shape (N, 3), got {r.shape}")
-        if not np.all(np.isfinite(r)):
-            raise ValueError("positions contain NaN or infinite values")
-        n = r.shape[0]
+        n = _check_positions(positions).shape[0]
         m = _check_masses(masses, n)
         positions = jnp.asarray(positions, dtype=jnp.result_type(float))
         evaluate = potential.evaluate

@@ -292,8 +292,8 @@ class PairPotential:
     def _all_pairs(self, n):
         rows = nl.padded_rows(n)
         idx = np.full((rows, max(n - 1, 1)), n, dtype=np.int32)
-        for i in range(n):
-            idx[i, : n - 1] = np.delete(np.arange(n), i)
+        j = np.arange(n - 1)[None, :]
+        idx[:n, : n - 1] = j + (j >= np.arange(n)[:, None])  # every j except i itself
         return jnp.asarray(idx)
 
     def _blocks(self, positions, params, aux, per_block):
