@@ -16,10 +16,11 @@ import pytest
 from scipy.spatial import cKDTree
 
 from workbench import neighbors as nl
+from workbench import parallel
 from workbench import space
 from workbench.potentials import PairPotential, overflowed
 
-# Reduced triclinic box whose perpendicular widths (about 6.4 to 7) hold 3 cells of 2.0.
+# Reduced triclinic box whose perpendicular widths (about 6.4 to 7) hold 6 half-cells of 2.0.
 BOX_TRI = np.array([[7.0, 0.0, 0.0], [2.0, 7.0, 0.0], [-1.5, 2.5, 7.2]])
 
 
@@ -70,6 +71,19 @@ def _lattice(box: np.ndarray, n_side: int, jitter: float, seed: int) -> np.ndarr
     return r + np.random.default_rng(seed).uniform(-jitter, jitter, r.shape)
 
 
+def _check_compiled_build(sp, r, nbrs, ref):
+    """The compiled (in-jit) build equals the host build's reference pairs, with the same
+    counts, also when the blocks are split over the CPU devices."""
+    for mesh in (None, parallel.default_mesh()):
+        with parallel.use(mesh):
+            out = jax.jit(nl.rebuild)(sp, jnp.asarray(r), nbrs)
+        assert not bool(out.overflow)
+        assert _list_pairs(out) == ref
+        assert int(out.max_count) == int(nbrs.max_count)
+        assert int(out.max_cell_count) == int(nbrs.max_cell_count)
+        np.testing.assert_array_equal(np.sort(np.asarray(out.order)), np.arange(len(r)))
+
+
 # ---------------------------------------------------------------------------- list contents
 def test_cell_list_equals_kdtree_periodic():
     lengths = np.array([5.0, 5.5, 6.4])
@@ -78,13 +92,13 @@ def test_cell_list_equals_kdtree_periodic():
     r = rng.uniform(0.0, 1.0, (260, 3)) * lengths
     r[::7] += rng.integers(-2, 3, (len(r[::7]), 3)) * lengths  # some unwrapped coordinates
     nbrs = nl.allocate(space.periodic(lengths), r, cutoff, skin, method="cells")
-    assert nbrs.grid is not None and min(nbrs.grid) >= 3, "system must use the cell grid"
-    assert nbrs.grid == (3, 3, 4)
+    assert nbrs.grid == (6, 7, 8) and nbrs.reach == 2, "half-cutoff cells: 2 * L / 1.5"
     assert not bool(nbrs.overflow)
     ref = _kdtree_pairs(r, lengths, cutoff + skin)
     assert len(ref) > 1000
     assert _list_pairs(nbrs) == ref
     assert int(nbrs.max_count) == max(np.bincount([i for i, _ in ref], minlength=len(r)))
+    _check_compiled_build(space.periodic(lengths), r, nbrs, ref)
 
 
 def test_cell_list_equals_brute_force_triclinic():
@@ -93,10 +107,11 @@ def test_cell_list_equals_brute_force_triclinic():
     r = rng.uniform(0.0, 1.0, (300, 3)) @ BOX_TRI
     r[::5] += rng.integers(-1, 2, (len(r[::5]), 3)) @ BOX_TRI
     nbrs = nl.allocate(space.triclinic(BOX_TRI), r, cutoff, skin, method="cells")
-    assert nbrs.grid is not None and min(nbrs.grid) >= 3
+    assert nbrs.grid is not None and min(nbrs.grid) >= 5
     ref = _image_pairs(r, BOX_TRI, cutoff + skin)
     assert len(ref) > 2000
     assert _list_pairs(nbrs) == ref
+    _check_compiled_build(space.triclinic(BOX_TRI), r, nbrs, ref)
 
 
 @pytest.mark.parametrize(
@@ -164,13 +179,13 @@ def test_update_rebuilds_only_after_half_skin():
 # ---------------------------------------------------------------------------- overflow
 def test_neighbor_overflow_on_compression_then_grow():
     """Allocate at low density, compress positions and box (the cell grid stays valid: cells of
-    4.7 * 0.8 / 3 = 1.25 > cutoff + skin), and the list must report overflow; grow() then gives
+    4.7 * 0.9 / 7 = 0.604 > (cutoff + skin) / 2), and the list must report overflow; grow() then gives
     the complete list for the compressed system."""
-    l0, cutoff, skin, scale = 4.7, 1.0, 0.2, 0.8
+    l0, cutoff, skin, scale = 4.7, 1.0, 0.2, 0.9
     rng = np.random.default_rng(4)
     r0 = rng.uniform(0.0, l0, (80, 3))
-    nbrs = nl.allocate(space.periodic(l0), r0, cutoff, skin, capacity_factor=1.0, min_extra=1, method="cells")
-    assert nbrs.grid == (3, 3, 3)
+    nbrs = nl.allocate(space.periodic(l0), r0, cutoff, skin, capacity_factor=1.0, min_extra=0, method="cells")
+    assert nbrs.grid == (7, 7, 7)
     k0 = nbrs.capacity
 
     small = space.periodic(l0 * scale)
@@ -195,18 +210,19 @@ def test_neighbor_overflow_on_compression_then_grow():
 
 
 def test_cell_overflow_then_grow():
-    """Crowding many atoms into one cell overflows the cell slots; grow() repairs it."""
+    """Crowding many atoms into a corner overflows the run slots; grow() repairs it."""
     lengths, cutoff, skin = 6.0, 1.5, 0.3
     sp = space.periodic(lengths)
     rng = np.random.default_rng(5)
     r0 = rng.uniform(0.0, lengths, (120, 3))
     nbrs = nl.allocate(sp, r0, cutoff, skin, method="cells")
-    assert nbrs.grid == (3, 3, 3)
+    assert nbrs.grid == (6, 6, 6)
     cap = nbrs.cell_capacity
 
     r1 = r0.copy()
     crowd = np.arange(cap + 10)
-    r1[crowd] = 0.3 + rng.uniform(0.0, 1.4, (len(crowd), 3))  # all inside cell (0, 0, 0)
+    # all in one column of cells (x and y within one 1.0-wide cell, z across two cells)
+    r1[crowd] = 0.2 + rng.uniform(0.0, 1.0, (len(crowd), 3)) * np.array([0.6, 0.6, 1.6])
     aux = {"lj": jax.jit(nl.update)(sp, jnp.asarray(r1), nbrs), "other": None}
     assert bool(aux["lj"].overflow)
     assert int(aux["lj"].max_cell_count) > cap
@@ -222,15 +238,15 @@ def test_cell_overflow_then_grow():
 
 def test_compression_never_silently_drops_pairs():
     """The cell grid is fixed at allocation. If the box then shrinks so much that a cell becomes
-    narrower than cutoff + skin, the 27-cell stencil can no longer see every pair: the update
+    narrower than (cutoff + skin) / 2, the run search can no longer see every pair: the update
     must either still list every pair or raise the overflow flag (so the driver regrows),
     never return an incomplete list that claims to be valid."""
-    l0, cutoff, skin, scale = 6.0, 1.0, 0.2, 0.65  # grid 5 -> cells of 0.78 < 1.2 after
+    l0, cutoff, skin, scale = 6.0, 1.0, 0.2, 0.65  # grid 10 -> cells of 0.39 < 0.6 after
     rng = np.random.default_rng(6)
     r0 = rng.uniform(0.0, l0, (120, 3))
     # generous capacities, so that neither neighbor nor cell slots run out
     nbrs = nl.allocate(space.periodic(l0), r0, cutoff, skin, capacity_factor=5.0, method="cells")
-    assert nbrs.grid == (5, 5, 5)
+    assert nbrs.grid == (10, 10, 10)
     small = space.periodic(l0 * scale)
     r1 = r0 * scale
     out = jax.jit(nl.update)(small, jnp.asarray(r1), nbrs)

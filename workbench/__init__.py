@@ -4,22 +4,26 @@ Layers (imports point downward): ``space``/``neighbors`` -> ``potentials`` -> ``
 ``simulate`` (host driver) -> ``session`` -> ``panels``. The core never imports widget libraries.
 """
 
-from . import neighbors, observables, potentials, space, units
-from .dynamics import (
+from . import parallel
+
+parallel.configure()  # one CPU device per core, before JAX starts its backends
+
+from . import neighbors, observables, potentials, space, units  # noqa: E402
+from .dynamics import (  # noqa: E402
     brownian,
     langevin,
     minimize,
     nose_hoover_chain,
     velocity_verlet,
 )
-from .potentials import PairPotential, Sum
-from .simulate import BlowupError, Simulation
-from .systems import System, fcc_lattice, lj_fluid
+from .potentials import PairPotential, Sum  # noqa: E402
+from .simulate import BlowupError, Simulation  # noqa: E402
+from .systems import System, fcc_lattice, lj_fluid  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "neighbors", "observables", "potentials", "space", "units", "brownian", "langevin",
+    "neighbors", "observables", "parallel", "potentials", "space", "units", "brownian", "langevin",
     "minimize", "nose_hoover_chain", "velocity_verlet", "PairPotential", "Sum", "BlowupError",
     "Simulation", "System", "fcc_lattice", "lj_fluid",
 ]

@@ -17,6 +17,8 @@ Same seed, same trajectory.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -26,6 +28,7 @@ import numpy as np
 
 from . import io as wio
 from . import neighbors as nl
+from . import parallel, xla
 from .dynamics import integrators as integ
 from .potentials.base import overflowed
 
@@ -105,7 +108,12 @@ class Simulation:
             atoms = np.nonzero(bad)[0].tolist()
             raise _blowup(0, atoms, None, self.blowup_force, self.blowup_move)
         self.dof = integrator.dof(self.n_atoms)
-        self._chunk = jax.jit(self._chunk_impl)
+        # Steps between reported frames skip the potential energy when the integrator and the
+        # potential allow it (the frame computes it once); the block loops of the pair kernels
+        # and list builds are split over the CPU devices (workbench.parallel).
+        self._skip_energy = _accepts_energy_flag(integrator.step) and hasattr(potential, "forces")
+        self.mesh = parallel.default_mesh()
+        self._chunk = xla.jit(self._chunk_impl)
         self.regrowths = 0
 
     # ---------------------------------------------------------------- numeric knobs
@@ -152,6 +160,8 @@ class Simulation:
 
     def _chunk_impl(self, state, params, settings):
         step = self.integrator.step
+        if self._skip_energy:
+            step = functools.partial(step, energy=False)
         limit2, move2 = self.blowup_force**2, self.blowup_move**2
 
         def one(carry, _):
@@ -170,6 +180,9 @@ class Simulation:
         def frame(carry, _):
             carry, _ = jax.lax.scan(one, carry, None, length=self.report_interval)
             s = carry[0]
+            if self._skip_energy:
+                s = replace(s, potential_energy=self.potential.energy(s.positions, params, s.aux))
+                carry = (s,) + carry[1:]
             return carry, (s.positions, s.step, self._thermo(s, params, settings))
 
         init = (state, jnp.asarray(-1, jnp.int32), jnp.zeros(state.positions.shape[0], bool))
@@ -183,7 +196,9 @@ class Simulation:
         the chunk; raises :class:`BlowupError` (after updating nothing) on a blow-up."""
         while True:
             start = self.state
-            new, pos, steps, thermo, bad_step, bad_atoms = self._chunk(start, self.params, self.settings)
+            with parallel.use(self.mesh):
+                new, pos, steps, thermo, bad_step, bad_atoms = self._chunk(
+                    self._placed(start), self.params, self.settings)
             if bool(overflowed(new.aux)):
                 self.state = replace(start, aux=nl.grow_all(new.aux, start.positions))
                 self.regrowths += 1
@@ -203,6 +218,16 @@ class Simulation:
         self.state = new
         self.time += self.steps_per_chunk * float(self.settings.dt)
         return frame
+
+    def _placed(self, state):
+        """The state on the CPU devices of :attr:`mesh`: neighbor tables split by rows (each
+        device keeps its blocks), everything else replicated. Arrays already placed stay."""
+        if self.mesh is None:
+            return state
+        tables = {id(leaf.idx) for leaf in jax.tree_util.tree_leaves(
+            state.aux, is_leaf=lambda x: isinstance(x, nl.NeighborList))
+            if isinstance(leaf, nl.NeighborList)}
+        return parallel.place(state, self.mesh, lambda x: id(x) in tables)
 
     # ---------------------------------------------------------------- host loop
     def run(self, n_steps: int, *, trajectory: str | None = None, log: str | None = None,
@@ -295,6 +320,13 @@ def _blowup(step: int, atoms: list[int], frames, limit: float, max_move: float) 
         "out of range.",
         step, atoms, frames,
     )
+
+
+def _accepts_energy_flag(step) -> bool:
+    try:
+        return "energy" in inspect.signature(step).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _default_topology(n_atoms: int):

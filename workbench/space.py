@@ -107,19 +107,21 @@ class Space:
     def displacement_components(self, dx: Array, dy: Array, dz: Array):
         """Minimum image of a displacement given as three separate component arrays (any equal
         shapes, nm). The same rule as :meth:`displacement`, in the structure-of-arrays form the
-        pair kernels use (gathering x, y, z separately is much faster under XLA on CPU)."""
+        pair kernels use (gathering x, y, z separately is much faster under XLA on CPU). NumPy
+        inputs give NumPy outputs (host-side list builds)."""
         if self.kind == "free":
             return dx, dy, dz
+        host = all(isinstance(a, np.ndarray) for a in (dx, dy, dz))
+        xp, b = (np, np.asarray(self.box, dtype=np.float64)) if host else (jnp, self.box)
         if self.kind == "periodic":
-            lx, ly, lz = self.box[0, 0], self.box[1, 1], self.box[2, 2]
-            return (dx - lx * jnp.round(dx / lx), dy - ly * jnp.round(dy / ly),
-                    dz - lz * jnp.round(dz / lz))
-        b = self.box
-        nc = jnp.round(dz / b[2, 2])
+            lx, ly, lz = b[0, 0], b[1, 1], b[2, 2]
+            return (dx - lx * xp.round(dx / lx), dy - ly * xp.round(dy / ly),
+                    dz - lz * xp.round(dz / lz))
+        nc = xp.round(dz / b[2, 2])
         dx, dy, dz = dx - nc * b[2, 0], dy - nc * b[2, 1], dz - nc * b[2, 2]
-        nb = jnp.round(dy / b[1, 1])
+        nb = xp.round(dy / b[1, 1])
         dx, dy = dx - nb * b[1, 0], dy - nb * b[1, 1]
-        return dx - jnp.round(dx / b[0, 0]) * b[0, 0], dy, dz
+        return dx - xp.round(dx / b[0, 0]) * b[0, 0], dy, dz
 
     def wrap(self, r: Array) -> Array:
         """Map positions (..., 3) nm into the primary cell [0, box)."""

@@ -4,7 +4,9 @@ Each factory takes a potential (see :mod:`workbench.potentials.base`) and return
 :class:`Integrator` with
 
 * ``init(key, positions, params, settings, *, masses, velocities=None, aux=None) -> MDState``
-* ``step(state, params, settings) -> MDState`` (pure; composes with ``lax.scan``, ``vmap``, ``grad``)
+* ``step(state, params, settings, *, energy=True) -> MDState`` (pure; composes with ``lax.scan``,
+  ``vmap``, ``grad``). ``energy=False`` skips the potential energy where the potential has a
+  forces-only path (``state.potential_energy`` is then NaN): faster steps between reports.
 * ``settings(**values)``: the integrator's numeric knobs (time step, kT, friction, ...) as a
   pytree of arrays, so changing them never recompiles.
 
@@ -22,7 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import xla
 from ..neighbors import _check_positions
+from ..potentials.base import Evaluation
 
 Array = jax.Array
 
@@ -181,7 +185,7 @@ def _make_init(potential, kT_of: Callable[[Any], Any] | None, remove_com: bool, 
             v = jnp.asarray(velocities, dtype=positions.dtype)
             if v.shape != positions.shape:
                 raise ValueError(f"velocities must have shape {positions.shape}, got {v.shape}")
-        ev, aux = jax.jit(evaluate)(positions, params, aux)
+        ev, aux = xla.jit(evaluate)(positions, params, aux)
         chain = None
         if chain_len:
             z = jnp.zeros(chain_len, dtype=positions.dtype)
@@ -201,20 +205,25 @@ def _make_init(potential, kT_of: Callable[[Any], Any] | None, remove_com: bool, 
     return init
 
 
-def _forces(potential, state, positions, params):
-    ev, aux = potential.evaluate(positions, params, state.aux)
-    return ev, aux
+def _forces(potential, state, positions, params, energy: bool = True):
+    """Forces (and the energy, unless ``energy`` is False and the potential has a forces-only
+    path: then the returned energy is NaN; :class:`~workbench.simulate.Simulation` fills it in
+    at reported frames). Refreshes the potential's aux state."""
+    if energy or not hasattr(potential, "forces"):
+        return potential.evaluate(positions, params, state.aux)
+    forces, aux = potential.forces(positions, params, state.aux)
+    return Evaluation(energy=jnp.full((), jnp.nan, forces.dtype), forces=forces), aux
 
 
 def velocity_verlet(potential) -> Integrator:
     """Velocity Verlet (NVE). Settings: dt (ps). Conserves kinetic + potential energy with an
     error of order dt^2."""
 
-    def step(state: MDState, params, s: VerletSettings) -> MDState:
+    def step(state: MDState, params, s: VerletSettings, *, energy: bool = True) -> MDState:
         inv_m = (1.0 / state.masses)[:, None]
         v = state.velocities + 0.5 * s.dt * state.forces * inv_m
         r = state.positions + s.dt * v
-        ev, aux = _forces(potential, state, r, params)
+        ev, aux = _forces(potential, state, r, params, energy)
         v = v + 0.5 * s.dt * ev.forces * inv_m
         return replace(
             state, positions=r, velocities=v, forces=ev.forces, potential_energy=ev.energy,
@@ -234,7 +243,7 @@ def langevin(potential) -> Integrator:
     """Langevin dynamics, BAOAB splitting (Leimkuhler and Matthews 2013): NVT.
     Settings: dt (ps), kT (kJ/mol), gamma (friction, 1/ps). Initial velocities are drawn at kT."""
 
-    def step(state: MDState, params, s: LangevinSettings) -> MDState:
+    def step(state: MDState, params, s: LangevinSettings, *, energy: bool = True) -> MDState:
         inv_m = (1.0 / state.masses)[:, None]
         key, noise_key = jax.random.split(state.key)
         v = state.velocities + 0.5 * s.dt * state.forces * inv_m
@@ -243,7 +252,7 @@ def langevin(potential) -> Integrator:
         c2 = jnp.sqrt((1.0 - c1 * c1) * s.kT) * jnp.sqrt(inv_m)
         v = c1 * v + c2 * jax.random.normal(noise_key, v.shape, v.dtype)
         r = r + 0.5 * s.dt * v
-        ev, aux = _forces(potential, state, r, params)
+        ev, aux = _forces(potential, state, r, params, energy)
         v = v + 0.5 * s.dt * ev.forces * inv_m
         return replace(
             state, positions=r, velocities=v, forces=ev.forces, potential_energy=ev.energy,
@@ -295,7 +304,7 @@ def nose_hoover_chain(potential, chain_length: int = 3) -> Integrator:
     if chain_length < 1:
         raise ValueError(f"chain_length must be >= 1, got {chain_length}")
 
-    def step(state: MDState, params, s: NoseHooverSettings) -> MDState:
+    def step(state: MDState, params, s: NoseHooverSettings, *, energy: bool = True) -> MDState:
         n = state.positions.shape[0]
         dof = 3 * n - 3
         q = _chain_masses(dof, s.kT, s.tau, chain_length)
@@ -304,7 +313,7 @@ def nose_hoover_chain(potential, chain_length: int = 3) -> Integrator:
         inv_m = (1.0 / state.masses)[:, None]
         v = state.velocities * scale + 0.5 * s.dt * state.forces * inv_m
         r = state.positions + s.dt * v
-        ev, aux = _forces(potential, state, r, params)
+        ev, aux = _forces(potential, state, r, params, energy)
         v = v + 0.5 * s.dt * ev.forces * inv_m
         ke2 = 2.0 * kinetic_energy(v, state.masses)
         scale, chain = _chain_half_step(ke2, chain, q, dof, s.kT, s.dt)
@@ -332,13 +341,13 @@ def brownian(potential) -> Integrator:
     r += dt F / (m gamma) + sqrt(2 kT dt / (m gamma)) xi. Settings: dt (ps), kT (kJ/mol),
     gamma (1/ps). ``velocities`` holds the drift-plus-noise displacement divided by dt."""
 
-    def step(state: MDState, params, s: BrownianSettings) -> MDState:
+    def step(state: MDState, params, s: BrownianSettings, *, energy: bool = True) -> MDState:
         key, noise_key = jax.random.split(state.key)
         mobility = (1.0 / (state.masses * s.gamma))[:, None]
         noise = jax.random.normal(noise_key, state.positions.shape, state.positions.dtype)
         dr = s.dt * state.forces * mobility + jnp.sqrt(2.0 * s.kT * s.dt * mobility) * noise
         r = state.positions + dr
-        ev, aux = _forces(potential, state, r, params)
+        ev, aux = _forces(potential, state, r, params, energy)
         return replace(
             state, positions=r, velocities=dr / s.dt, forces=ev.forces,
             potential_energy=ev.energy, aux=aux, key=key, step=state.step + 1,

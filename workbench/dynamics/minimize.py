@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import neighbors as nl
+from .. import xla
 from ..potentials.base import overflowed
 
 Array = jax.Array
@@ -96,7 +97,7 @@ def _compiled(potential, method: str, chunk: int, options: tuple):
     def run(s, params):
         return jax.lax.scan(lambda c, _: (step(c, params), None), s, None, length=chunk)[0]
 
-    return jax.jit(init), jax.jit(run)
+    return xla.jit(init), xla.jit(run)
 
 
 @dataclass(frozen=True)

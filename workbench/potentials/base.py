@@ -9,6 +9,8 @@ A potential has three faces:
   call this.
 * optional ``evaluate_fresh(positions, params, aux)``: the same for an ``aux`` just allocated at
   ``positions`` (skips the staleness check; integrators use it for the first evaluation).
+* optional ``forces(positions, params, aux) -> (forces, aux)``: as ``evaluate`` without the
+  energy (a cheaper kernel); integrators use it for steps whose energy nobody reads.
 * ``energy(positions, params, aux)`` (jit-able, differentiable in positions and params) returns the
   scalar energy. Forces are ``-grad(energy)``; fast paths must agree with it (tested).
 
@@ -80,6 +82,9 @@ class FunctionPotential:
         e, g = jax.value_and_grad(self.energy_fn)(positions, params)
         return Evaluation(energy=e, forces=-g), aux
 
+    def forces(self, positions: Array, params: Any, aux: Any = None):
+        return -jax.grad(self.energy_fn)(positions, params), aux
+
 
 @dataclass(frozen=True)
 class Sum:
@@ -121,3 +126,16 @@ class Sum:
     def evaluate_fresh(self, positions: Array, params: Mapping[str, Any], aux: Mapping[str, Any]):
         """As :meth:`evaluate`, for lists just allocated at ``positions``."""
         return self.evaluate(positions, params, aux, _fresh=True)
+
+    def forces(self, positions: Array, params: Mapping[str, Any], aux: Mapping[str, Any]):
+        """Forces only (terms without a forces-only path compute their energy too)."""
+        self._check(params)
+        forces, new_aux = jnp.zeros_like(positions), {}
+        for name, term in self.terms.items():
+            if hasattr(term, "forces"):
+                f, new_aux[name] = term.forces(positions, params[name], aux[name])
+            else:
+                ev, new_aux[name] = term.evaluate(positions, params[name], aux[name])
+                f = ev.forces
+            forces = forces + f
+        return forces, new_aux

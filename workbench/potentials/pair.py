@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import neighbors as nl
+from .. import parallel
 from ..space import Space
 from .base import Evaluation
 
@@ -298,9 +299,10 @@ class PairPotential:
 
     def _blocks(self, positions, params, aux, per_block):
         """Run ``per_block(dx, dy, dz, r2, p) -> pytree`` over blocks of atoms in the list's
-        sorted order (cache-friendly; see neighbors.BLOCK). Padding pairs get r2 beyond the
-        cutoff, where every truncated pair function is exactly zero. Returns the stacked
-        per-block outputs and the (order, inverse) permutations (None for atom order)."""
+        sorted order (cache-friendly; see neighbors.BLOCK), split over CPU devices inside
+        :func:`workbench.parallel.use`. Padding pairs get r2 beyond the cutoff, where every
+        truncated pair function is exactly zero. Returns the stacked per-block outputs and the
+        ``inverse`` permutation (None for atom order)."""
         n = positions.shape[0]
         if aux is None:
             idx, order, inverse = self._all_pairs(n), None, None
@@ -310,21 +312,23 @@ class PairPotential:
         rs = positions if order is None else positions[order]
         pad = jnp.zeros(rows + 1 - n, rs.dtype)
         xs, ys, zs = (jnp.concatenate([rs[:, a], pad]) for a in range(3))
+        ts = None
         if self.types is not None:
             t = jnp.asarray(self.types)
             t = t if order is None else t[order]
             ts = jnp.concatenate([t, jnp.zeros(rows + 1 - n, jnp.int32)])
-        far = jnp.asarray(4.0 * self.cutoff**2, rs.dtype)
         b = nl.BLOCK
+        far2 = 4.0 * self.cutoff**2
 
-        def block(args):
+        def block(shared, args):
+            xs, ys, zs, ts, params = shared
             start, nbr = args  # nbr: (B, K) sorted positions of neighbors
             xi = jax.lax.dynamic_slice_in_dim(xs, start, b)[:, None]
             yi = jax.lax.dynamic_slice_in_dim(ys, start, b)[:, None]
             zi = jax.lax.dynamic_slice_in_dim(zs, start, b)[:, None]
             dx, dy, dz = self.space.displacement_components(xi - xs[nbr], yi - ys[nbr], zi - zs[nbr])
-            r2 = jnp.where(nbr < n, dx * dx + dy * dy + dz * dz, far)
-            if self.types is None:
+            r2 = jnp.where(nbr < n, dx * dx + dy * dy + dz * dz, jnp.asarray(far2, xs.dtype))
+            if ts is None:
                 p = self._pair_params(params, None, None)
             else:
                 p = self._pair_params(params, jax.lax.dynamic_slice_in_dim(ts, start, b)[:, None],
@@ -332,7 +336,8 @@ class PairPotential:
             return per_block(dx, dy, dz, r2, p)
 
         starts = jnp.arange(0, rows, b, dtype=jnp.int32)
-        out = jax.lax.map(block, (starts, idx.reshape(rows // b, b, k)))
+        out = parallel.block_map(block, (xs, ys, zs, ts, params),
+                                 (starts, idx.reshape(rows // b, b, k)))
         return out, inverse
 
     def _u_du(self, r2, p):
@@ -351,6 +356,18 @@ class PairPotential:
         (e, f), inverse = self._blocks(positions, params, aux, per_block)
         f = f.reshape(-1, 3)[:n]
         return jnp.sum(e), (f if inverse is None else f[inverse])
+
+    def _forces_only(self, positions, params, aux):
+        n = positions.shape[0]
+
+        def per_block(dx, dy, dz, r2, p):
+            _, du = self._u_du(r2, p)
+            f = -2.0 * du
+            return jnp.stack([jnp.sum(f * dx, 1), jnp.sum(f * dy, 1), jnp.sum(f * dz, 1)], -1)
+
+        f, inverse = self._blocks(positions, params, aux, per_block)
+        f = f.reshape(-1, 3)[:n]
+        return f if inverse is None else f[inverse]
 
     def _energy_plain(self, positions, params, aux):
         e, _ = self._blocks(positions, params, aux,
@@ -383,6 +400,14 @@ class PairPotential:
             aux = nl.update(self.space, positions, aux)
         energy, forces = self._energy_forces(positions, params, aux)
         return Evaluation(energy=energy, forces=forces), aux
+
+    def forces(self, positions: Array, params, aux=None):
+        """Refresh the neighbor list if stale, then forces only, (N, 3) kJ/mol/nm (no energy:
+        a cheaper kernel for integration steps whose energy is not reported)."""
+        self._check_params(params)
+        if aux is not None:
+            aux = nl.update(self.space, positions, aux)
+        return self._forces_only(positions, params, aux), aux
 
     def evaluate_fresh(self, positions: Array, params, aux=None):
         """Energy and forces with a list just built at ``positions`` (no staleness check: a
