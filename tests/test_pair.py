@@ -502,6 +502,9 @@ def test_virial_equals_minus_strain_derivative():
     )
     w = np.asarray(pot.virial(jnp.asarray(r), pot.init_params(**one)))
     np.testing.assert_allclose(w, w.T, atol=1e-10)
+    e_both, w_both = pot.energy_virial(jnp.asarray(r), pot.init_params(**one))  # one pass
+    np.testing.assert_allclose(np.asarray(w_both), w, rtol=1e-12)
+    assert float(e_both) == pytest.approx(energy_at(np.zeros(3)), rel=1e-12)
     h = 1e-6
     for a in range(3):
         e = np.zeros(3)

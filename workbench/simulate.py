@@ -140,7 +140,11 @@ class Simulation:
         return self.report_interval * self.frames_per_chunk
 
     # ---------------------------------------------------------------- compiled chunk
-    def _thermo(self, state, params, settings):
+    def _pressure_terms(self) -> bool:
+        pot = self.potential
+        return hasattr(pot, "virial") and getattr(pot, "space", None) is not None and pot.space.periodic
+
+    def _thermo(self, state, params, settings, virial=None):
         ke = integ.kinetic_energy(state.velocities, state.masses)
         out = {
             "potential": state.potential_energy,
@@ -149,8 +153,8 @@ class Simulation:
             "temperature": 2.0 * ke / self.dof,
         }
         pot = self.potential
-        if hasattr(pot, "virial") and getattr(pot, "space", None) is not None and pot.space.periodic:
-            w = pot.virial(state.positions, params, state.aux)
+        if self._pressure_terms():
+            w = pot.virial(state.positions, params, state.aux) if virial is None else virial
             out["pressure"] = (2.0 * ke + jnp.trace(w)) / (3.0 * pot.space.volume)
         else:
             out["pressure"] = jnp.asarray(jnp.nan, ke.dtype)
@@ -179,11 +183,16 @@ class Simulation:
 
         def frame(carry, _):
             carry, _ = jax.lax.scan(one, carry, None, length=self.report_interval)
-            s = carry[0]
-            if self._skip_energy:
-                s = replace(s, potential_energy=self.potential.energy(s.positions, params, s.aux))
+            s, virial = carry[0], None
+            if self._skip_energy:  # the frame's energy (and virial: one pass when possible)
+                pot = self.potential
+                if self._pressure_terms() and hasattr(pot, "energy_virial"):
+                    energy, virial = pot.energy_virial(s.positions, params, s.aux)
+                else:
+                    energy = pot.energy(s.positions, params, s.aux)
+                s = replace(s, potential_energy=energy)
                 carry = (s,) + carry[1:]
-            return carry, (s.positions, s.step, self._thermo(s, params, settings))
+            return carry, (s.positions, s.step, self._thermo(s, params, settings, virial))
 
         init = (state, jnp.asarray(-1, jnp.int32), jnp.zeros(state.positions.shape[0], bool))
         (state, bad_step, bad_atoms), (pos, steps, thermo) = jax.lax.scan(

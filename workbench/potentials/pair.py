@@ -429,6 +429,19 @@ class PairPotential:
         w, _ = self._blocks(positions, params, aux, per_block)
         return jnp.sum(w, 0)
 
+    def energy_virial(self, positions: Array, params, aux=None) -> tuple[Array, Array]:
+        """Energy (kJ/mol) and virial tensor (3, 3) kJ/mol in one pass over the pairs (what a
+        reported frame needs; ``aux`` is used as is)."""
+        self._check_params(params)
+
+        def per_block(dx, dy, dz, r2, p):
+            u, du = self._u_du(r2, p)
+            d = jnp.stack([dx, dy, dz], -1)
+            return 0.5 * jnp.sum(u), -jnp.einsum("nk,nka,nkb->ab", du, d, d)
+
+        (e, w), _ = self._blocks(positions, params, aux, per_block)
+        return jnp.sum(e), jnp.sum(w, 0)
+
     def tail_correction(self, params, n_particles: int, volume) -> tuple[Array, Array]:
         """Lennard-Jones long-range corrections for a homogeneous fluid, as if the plain
         potential continued beyond the cutoff: (energy kJ/mol, pressure kJ/mol/nm^3).
