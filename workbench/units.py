@@ -17,3 +17,10 @@ def kT_from_kelvin(temperature: float) -> float:
 def kelvin_from_kT(kT: float) -> float:
     """Temperature (K) for ``kT`` (kJ/mol)."""
     return kT / BOLTZMANN
+
+ONE_4PI_EPS0 = 138.93545764438198
+"""Coulomb constant 1/(4 pi eps0) in kJ/mol nm / e^2, the value OpenMM 8 uses (CODATA 2018):
+two unit charges 1 nm apart have 138.935... kJ/mol."""
+
+KCAL = 4.184
+"""1 kcal in kJ."""
