@@ -240,11 +240,11 @@ def test_neighbor_overflow_recovery_loses_no_step(tmp_path):
     written after regrowth restores the grown list into a fresh (small-capacity) simulation."""
     potential, params, start, space = trapped_cluster()
     sim = make_trapped_sim(potential, params, start)
-    k0 = sim.state.aux["lj"].capacity
+    k0 = sim.state.aux.capacity
     r0 = np.linalg.norm(start - 6.0, axis=1).max()
     got = Collector()
     out = sim.run(400, progress=False, reporters=[got])
-    grown = sim.state.aux["lj"]
+    grown = sim.state.aux
     pos = got.all_positions
     radius = np.linalg.norm(pos[-1] - 6.0, axis=1).max()
     print(
@@ -260,7 +260,7 @@ def test_neighbor_overflow_recovery_loses_no_step(tmp_path):
     big = nl.allocate(space, pos[-1], 2.5, 0.3, capacity_factor=1.5)
     big = nl.rebuild(space, jnp.asarray(start), big)
     ref = make_trapped_sim(potential, params, start)
-    ref.state = replace(ref.state, aux={"lj": big, "trap": None})
+    ref.state = replace(ref.state, aux=big)  # one list shared by the terms
     ref_got = Collector()
     ref_out = ref.run(400, progress=False, reporters=[ref_got])
     assert ref.regrowths == 0
@@ -271,8 +271,8 @@ def test_neighbor_overflow_recovery_loses_no_step(tmp_path):
     sim.save_checkpoint(ckpt)
     fresh = make_trapped_sim(potential, params, start)
     fresh.load_checkpoint(ckpt)
-    assert fresh.state.aux["lj"].capacity == grown.capacity
-    assert fresh.state.aux["lj"].cell_capacity == grown.cell_capacity
+    assert fresh.state.aux.capacity == grown.capacity
+    assert fresh.state.aux.cell_capacity == grown.cell_capacity
     a, b = Collector(), Collector()
     sim.run(100, progress=False, reporters=[a])
     fresh.run(100, progress=False, reporters=[b])

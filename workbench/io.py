@@ -59,25 +59,27 @@ class TrajectoryWriter:
         self._pdb_path = pdb_path
         self._pdb_traj = traj
 
-    def _cell(self, n_frames):
+    def _cell(self, n_frames, boxes=None):
         if self._box is None:
             return None, None
         import mdtraj as md
 
-        a, b, c, al, be, ga = md.utils.box_vectors_to_lengths_and_angles(*self._box)
-        lengths = np.tile([a, b, c], (n_frames, 1))
-        angles = np.tile([al, be, ga], (n_frames, 1))
-        return lengths, angles
+        boxes = np.broadcast_to(self._box if boxes is None else np.asarray(boxes, float),
+                                (n_frames, 3, 3))
+        a, b, c, al, be, ga = md.utils.box_vectors_to_lengths_and_angles(
+            boxes[:, 0], boxes[:, 1], boxes[:, 2])
+        return np.stack([a, b, c], -1), np.stack([al, be, ga], -1)
 
-    def write(self, positions, time_ps: Sequence[float] | None = None):
-        """positions: (T, N, 3) or (N, 3) nm. Flushed to disk before returning."""
+    def write(self, positions, time_ps: Sequence[float] | None = None, boxes=None):
+        """positions: (T, N, 3) or (N, 3) nm; boxes: (T, 3, 3) nm per frame (a barostat changes
+        them), or None for the box given at construction. Flushed to disk before returning."""
         xyz = np.asarray(positions, dtype=np.float32)
         if xyz.ndim == 2:
             xyz = xyz[None]
         if hasattr(self, "_pdb_traj") and self.n_frames == 0:
             self._pdb_traj.xyz = xyz[:1]
             self._pdb_traj.save_pdb(self._pdb_path)
-        lengths, angles = self._cell(len(xyz))
+        lengths, angles = self._cell(len(xyz), boxes)
         if self.format == "dcd":
             self._file.write(xyz * 10.0, None if lengths is None else lengths * 10.0, angles)
         else:

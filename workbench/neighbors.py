@@ -306,7 +306,13 @@ def update(space: Space, positions: Array, nbrs: NeighborList) -> NeighborList:
     return jax.lax.cond(moved, lambda: _build(space, positions, nbrs), lambda: nbrs)
 
 
-def _check_positions(positions) -> np.ndarray:
+def _check_positions(positions):
+    """Shape and finiteness check at the API boundary. Traced values (inside a user's jit,
+    grad or vmap) get the shape check only; concrete ones are returned as NumPy arrays."""
+    if isinstance(positions, jax.core.Tracer):
+        if positions.ndim != 2 or positions.shape[1] != 3:
+            raise ValueError(f"positions must have shape (N, 3), got {positions.shape}")
+        return positions
     r = np.asarray(positions)
     if r.ndim != 2 or r.shape[1] != 3:
         raise ValueError(f"positions must have shape (N, 3), got {r.shape}")

@@ -18,7 +18,6 @@ Same seed, same trajectory.
 from __future__ import annotations
 
 import functools
-import inspect
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -60,10 +59,12 @@ class BlowupError(FloatingPointError):
 
 @dataclass(frozen=True)
 class Frame:
-    """A chunk's reported frames: positions (F, N, 3) nm and thermodynamics arrays (F,)."""
+    """A chunk's reported frames: positions (F, N, 3) nm, thermodynamics arrays (F,) and the
+    box of each frame (F, 3, 3) nm."""
 
     positions: np.ndarray
     thermo: dict[str, np.ndarray]
+    boxes: np.ndarray | None = None
 
 
 class Simulation:
@@ -108,10 +109,9 @@ class Simulation:
             atoms = np.nonzero(bad)[0].tolist()
             raise _blowup(0, atoms, None, self.blowup_force, self.blowup_move)
         self.dof = integrator.dof(self.n_atoms)
-        # Steps between reported frames skip the potential energy when the integrator and the
-        # potential allow it (the frame computes it once); the block loops of the pair kernels
-        # and list builds are split over the CPU devices (workbench.parallel).
-        self._skip_energy = _accepts_energy_flag(integrator.step) and hasattr(potential, "forces")
+        # Steps between reported frames skip the potential energy (the frame computes it once,
+        # with the virial); the block loops of the pair kernels and list builds are split over
+        # the CPU devices (workbench.parallel).
         self.mesh = parallel.default_mesh()
         self._chunk = xla.jit(self._chunk_impl)
         self.regrowths = 0
@@ -140,10 +140,6 @@ class Simulation:
         return self.report_interval * self.frames_per_chunk
 
     # ---------------------------------------------------------------- compiled chunk
-    def _pressure_terms(self) -> bool:
-        pot = self.potential
-        return hasattr(pot, "virial") and getattr(pot, "space", None) is not None and pot.space.periodic
-
     def _thermo(self, state, params, settings, virial=None):
         ke = integ.kinetic_energy(state.velocities, state.masses)
         out = {
@@ -152,10 +148,11 @@ class Simulation:
             "total": state.potential_energy + ke,
             "temperature": 2.0 * ke / self.dof,
         }
-        pot = self.potential
-        if self._pressure_terms():
-            w = pot.virial(state.positions, params, state.aux) if virial is None else virial
-            out["pressure"] = (2.0 * ke + jnp.trace(w)) / (3.0 * pot.space.volume)
+        if self.potential.space.periodic:
+            w = (self.potential.virial(state.positions, params, state.aux, state.box)
+                 if virial is None else virial)
+            volume = jnp.abs(jnp.linalg.det(state.box))
+            out["pressure"] = (2.0 * ke + jnp.trace(w)) / (3.0 * volume)
         else:
             out["pressure"] = jnp.asarray(jnp.nan, ke.dtype)
         conserved = self.integrator.conserved
@@ -163,9 +160,7 @@ class Simulation:
         return out
 
     def _chunk_impl(self, state, params, settings):
-        step = self.integrator.step
-        if self._skip_energy:
-            step = functools.partial(step, energy=False)
+        step = functools.partial(self.integrator.step, energy=False)
         limit2, move2 = self.blowup_force**2, self.blowup_move**2
 
         def one(carry, _):
@@ -183,22 +178,21 @@ class Simulation:
 
         def frame(carry, _):
             carry, _ = jax.lax.scan(one, carry, None, length=self.report_interval)
-            s, virial = carry[0], None
-            if self._skip_energy:  # the frame's energy (and virial: one pass when possible)
-                pot = self.potential
-                if self._pressure_terms() and hasattr(pot, "energy_virial"):
-                    energy, virial = pot.energy_virial(s.positions, params, s.aux)
-                else:
-                    energy = pot.energy(s.positions, params, s.aux)
-                s = replace(s, potential_energy=energy)
-                carry = (s,) + carry[1:]
-            return carry, (s.positions, s.step, self._thermo(s, params, settings, virial))
+            s, virial, pot = carry[0], None, self.potential
+            # the frame's energy (and the virial, in the same pass, for periodic systems)
+            if pot.space.periodic:
+                energy, virial = pot.energy_virial(s.positions, params, s.aux, s.box)
+            else:
+                energy = pot.energy(s.positions, params, s.aux, s.box)
+            s = replace(s, potential_energy=energy)
+            carry = (s,) + carry[1:]
+            return carry, (s.positions, s.box, s.step, self._thermo(s, params, settings, virial))
 
         init = (state, jnp.asarray(-1, jnp.int32), jnp.zeros(state.positions.shape[0], bool))
-        (state, bad_step, bad_atoms), (pos, steps, thermo) = jax.lax.scan(
+        (state, bad_step, bad_atoms), (pos, boxes, steps, thermo) = jax.lax.scan(
             frame, init, None, length=self.frames_per_chunk
         )
-        return state, pos, steps, thermo, bad_step, bad_atoms
+        return state, pos, boxes, steps, thermo, bad_step, bad_atoms
 
     def advance(self) -> Frame:
         """Run one chunk and return its frames. Regrows overflowing neighbor lists and recomputes
@@ -206,7 +200,7 @@ class Simulation:
         while True:
             start = self.state
             with parallel.use(self.mesh):
-                new, pos, steps, thermo, bad_step, bad_atoms = self._chunk(
+                new, pos, boxes, steps, thermo, bad_step, bad_atoms = self._chunk(
                     self._placed(start), self.params, self.settings)
             if bool(overflowed(new.aux)):
                 self.state = replace(start, aux=nl.grow_all(new.aux, start.positions))
@@ -218,11 +212,12 @@ class Simulation:
         thermo = {k: np.asarray(v) for k, v in thermo.items()}
         thermo["step"] = steps
         thermo["time"] = self.time + (steps - int(start.step)) * float(self.settings.dt)
-        frame = Frame(np.asarray(pos), thermo)
+        frame = Frame(np.asarray(pos), thermo, np.asarray(boxes))
         if bad_step >= 0:
             atoms = np.nonzero(np.asarray(bad_atoms))[0].tolist()
             good = steps < bad_step
-            partial = Frame(frame.positions[good], {k: v[good] for k, v in thermo.items()})
+            partial = Frame(frame.positions[good], {k: v[good] for k, v in thermo.items()},
+                            frame.boxes[good])
             raise _blowup(bad_step, atoms, partial, self.blowup_force, self.blowup_move)
         self.state = new
         self.time += self.steps_per_chunk * float(self.settings.dt)
@@ -259,7 +254,7 @@ class Simulation:
         try:
             if trajectory:
                 top = self.topology if self.topology is not None else _default_topology(self.n_atoms)
-                box = self.potential.space.box if getattr(self.potential, "space", None) is not None and self.potential.space.periodic else None
+                box = np.asarray(self.state.box) if self.potential.space.periodic else None
                 writer = wio.TrajectoryWriter(trajectory, top, box, append=append)
             if log:
                 logger = wio.ThermoLog(log, LOG_COLUMNS, append=append)
@@ -291,7 +286,7 @@ class Simulation:
         if len(frame.positions) == 0:
             return
         if writer is not None:
-            writer.write(frame.positions, frame.thermo["time"])
+            writer.write(frame.positions, frame.thermo["time"], frame.boxes)
         if logger is not None:
             logger.write(frame.thermo)
         for k in LOG_COLUMNS:
@@ -329,13 +324,6 @@ def _blowup(step: int, atoms: list[int], frames, limit: float, max_move: float) 
         "out of range.",
         step, atoms, frames,
     )
-
-
-def _accepts_energy_flag(step) -> bool:
-    try:
-        return "energy" in inspect.signature(step).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _default_topology(n_atoms: int):

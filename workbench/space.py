@@ -84,6 +84,14 @@ class Space:
             return s * self.lengths
         return s @ self.box
 
+    def with_box(self, box: Array | None) -> "Space":
+        """The same kind of space with box matrix ``box`` (3, 3) nm (rows a, b, c); ``None``
+        keeps this one. Energy terms call this with the box of the state (which a barostat may
+        change), so the box given at construction is only a default."""
+        if box is None or self.kind == "free":
+            return self
+        return Space(box=jnp.asarray(box), kind=self.kind)
+
     # ------------------------------------------------------------------ maps
     def displacement(self, ri: Array, rj: Array) -> Array:
         """Minimum-image displacement ``ri - rj``, (..., 3) nm.

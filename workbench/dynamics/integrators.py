@@ -17,6 +17,7 @@ Units: nm, ps, amu, kJ/mol; ``kT`` in kJ/mol, friction ``gamma`` in 1/ps, ``tau`
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
@@ -60,7 +61,8 @@ class ChainState:
 @dataclass(frozen=True)
 class MDState:
     """positions, velocities, forces: (N, 3) in nm, nm/ps, kJ/mol/nm; masses: (N,) amu;
-    potential_energy: () kJ/mol; aux: the potential's neighbor state; key: PRNG key;
+    potential_energy: () kJ/mol; aux: the potential's neighbor list (or None); box: (3, 3) nm,
+    rows are the box vectors (zeros in free space; a barostat changes it); key: PRNG key;
     step: () int; chain: thermostat state or None."""
 
     positions: Array
@@ -69,6 +71,7 @@ class MDState:
     masses: Array
     potential_energy: Array
     aux: Any
+    box: Array
     key: Array
     step: Array
     chain: ChainState | None = None
@@ -156,6 +159,8 @@ def maxwell_boltzmann(key: Array, masses: Array, kT, remove_com: bool = True) ->
 
 
 def _check_masses(masses, n):
+    if isinstance(masses, jax.core.Tracer):
+        return jnp.broadcast_to(masses, (n,))
     m = np.asarray(masses, dtype=float)
     m = np.broadcast_to(m, (n,)) if m.ndim == 0 else m
     if m.shape != (n,):
@@ -167,33 +172,27 @@ def _check_masses(masses, n):
 
 
 def _make_init(potential, kT_of: Callable[[Any], Any] | None, remove_com: bool, chain_len=0):
-    def init(key, positions, params, settings, *, masses=1.0, velocities=None, aux=None):
+    def init(key, positions, params, settings, *, masses=1.0, velocities=None, aux=None,
+             box=None):
         n = _check_positions(positions).shape[0]
         m = _check_masses(masses, n)
         positions = jnp.asarray(positions, dtype=jnp.result_type(float))
-        evaluate = potential.evaluate
-        if aux is None:
-            aux = potential.allocate(positions)
-            evaluate = getattr(potential, "evaluate_fresh", potential.evaluate)
+        box = potential.default_box() if box is None else jnp.asarray(box, positions.dtype)
+        if box.shape != (3, 3):
+            raise ValueError(f"box must be a (3, 3) matrix of box vectors (rows), got {box.shape}")
+        fresh = aux is None
+        if fresh:
+            aux = potential.allocate(positions, box)
         if velocities is not None:
             velocities = jnp.asarray(velocities, dtype=positions.dtype)
             if velocities.shape != positions.shape:
                 raise ValueError(
                     f"velocities must have shape {positions.shape}, got {velocities.shape}")
 
-        def start(key, positions, params, aux, settings, m, v):
-            # one compiled program for the key split, the velocity draw and the first forces
-            # (each eager op would compile on its own: measured 0.3 s more at start-up)
-            key, vkey = jax.random.split(key)
-            if v is None:
-                if kT_of is None:
-                    v = jnp.zeros_like(positions)
-                else:
-                    v = maxwell_boltzmann(vkey, m, kT_of(settings), remove_com)
-            ev, aux = evaluate(positions, params, aux)
-            return key, v, ev, aux
-
-        key, v, ev, aux = xla.jit(start)(key, positions, params, aux, settings, m, velocities)
+        key, v, ev, aux = _start_program()(key, positions, params, aux, box, settings, m,
+                                            velocities, potential=potential, kT_of=kT_of,
+                                            remove_com=remove_com,
+                                            fresh=fresh)
         chain = None
         if chain_len:
             z = jnp.zeros(chain_len, dtype=positions.dtype)
@@ -205,6 +204,7 @@ def _make_init(potential, kT_of: Callable[[Any], Any] | None, remove_com: bool, 
             masses=m,
             potential_energy=ev.energy,
             aux=aux,
+            box=box,
             key=key,
             step=jnp.asarray(0, jnp.int32),
             chain=chain,
@@ -213,13 +213,34 @@ def _make_init(potential, kT_of: Callable[[Any], Any] | None, remove_com: bool, 
     return init
 
 
+def _start(key, positions, params, aux, box, settings, m, v, *, potential, kT_of, remove_com,
+           fresh):
+    """Key split, velocity draw and first forces as one compiled program (each eager op would
+    compile on its own: measured 0.3 s more at start-up). Module-level and keyed by its static
+    arguments, so a second ``init`` with new values reuses the compiled program."""
+    key, vkey = jax.random.split(key)
+    if v is None:
+        if kT_of is None:
+            v = jnp.zeros_like(positions)
+        else:
+            v = maxwell_boltzmann(vkey, m, kT_of(settings), remove_com)
+    evaluate = potential.evaluate_fresh if fresh else potential.evaluate
+    ev, aux = evaluate(positions, params, aux, box)
+    return key, v, ev, aux
+
+
+@functools.cache
+def _start_program():
+    return xla.jit(_start, static_argnames=("potential", "kT_of", "remove_com", "fresh"))
+
+
 def _forces(potential, state, positions, params, energy: bool = True):
-    """Forces (and the energy, unless ``energy`` is False and the potential has a forces-only
-    path: then the returned energy is NaN; :class:`~workbench.simulate.Simulation` fills it in
-    at reported frames). Refreshes the potential's aux state."""
-    if energy or not hasattr(potential, "forces"):
-        return potential.evaluate(positions, params, state.aux)
-    forces, aux = potential.forces(positions, params, state.aux)
+    """Forces (and the energy, unless ``energy`` is False: then the returned energy is NaN;
+    :class:`~workbench.simulate.Simulation` fills it in at reported frames). Refreshes the
+    potential's neighbor list; the box is the state's."""
+    if energy:
+        return potential.evaluate(positions, params, state.aux, state.box)
+    forces, aux = potential.forces(positions, params, state.aux, state.box)
     return Evaluation(energy=jnp.full((), jnp.nan, forces.dtype), forces=forces), aux
 
 

@@ -23,6 +23,7 @@ autodiff. Parameters are per-type arrays (numeric; never recompile).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -33,7 +34,7 @@ import numpy as np
 from .. import neighbors as nl
 from .. import parallel
 from ..space import Space
-from .base import Evaluation
+from .base import EnergyTerm, Evaluation, NeighborSpec
 
 Array = jax.Array
 
@@ -182,7 +183,7 @@ def _truncate(kind_fn, truncation: str, cutoff: float, r_switch: float | None):
 
 
 @dataclass(frozen=True, eq=False)
-class PairPotential:
+class PairPotential(EnergyTerm):
     """A pair potential over N particles.
 
     kind: a :class:`PairKind` (or its name, e.g. ``"lennard_jones"``).
@@ -278,17 +279,17 @@ class PairPotential:
         return out
 
     # ------------------------------------------------------------------ neighbors
-    def allocate(self, positions):
+    def neighbor_spec(self) -> NeighborSpec | None:
+        if not self.neighbor_list:
+            return None
+        return NeighborSpec(self.cutoff, self.skin, self.capacity_factor, self.list_method)
+
+    def allocate(self, positions, box=None):
         """Host side: the neighbor list for ``positions`` (N, 3), or None for all pairs."""
         r = nl._check_positions(positions)
         if self.types is not None and len(self.types) != r.shape[0]:
             raise ValueError(f"types has {len(self.types)} entries but positions has {r.shape[0]}")
-        if not self.neighbor_list:
-            return None
-        return nl.allocate(
-            self.space, positions, self.cutoff, self.skin, capacity_factor=self.capacity_factor,
-            method=self.list_method,
-        )
+        return super().allocate(positions, box)
 
     def _all_pairs(self, n):
         rows = nl.padded_rows(n)
@@ -297,7 +298,7 @@ class PairPotential:
         idx[:n, : n - 1] = j + (j >= np.arange(n)[:, None])  # every j except i itself
         return jnp.asarray(idx)
 
-    def _blocks(self, positions, params, aux, per_block):
+    def _blocks(self, positions, params, aux, space, per_block):
         """Run ``per_block(dx, dy, dz, r2, p) -> pytree`` over blocks of atoms in the list's
         sorted order (cache-friendly; see neighbors.BLOCK), split over CPU devices inside
         :func:`workbench.parallel.use`. Padding pairs get r2 beyond the cutoff, where every
@@ -321,12 +322,12 @@ class PairPotential:
         far2 = 4.0 * self.cutoff**2
 
         def block(shared, args):
-            xs, ys, zs, ts, params = shared
+            xs, ys, zs, ts, params, space = shared
             start, nbr = args  # nbr: (B, K) sorted positions of neighbors
             xi = jax.lax.dynamic_slice_in_dim(xs, start, b)[:, None]
             yi = jax.lax.dynamic_slice_in_dim(ys, start, b)[:, None]
             zi = jax.lax.dynamic_slice_in_dim(zs, start, b)[:, None]
-            dx, dy, dz = self.space.displacement_components(xi - xs[nbr], yi - ys[nbr], zi - zs[nbr])
+            dx, dy, dz = space.displacement_components(xi - xs[nbr], yi - ys[nbr], zi - zs[nbr])
             r2 = jnp.where(nbr < n, dx * dx + dy * dy + dz * dz, jnp.asarray(far2, xs.dtype))
             if ts is None:
                 p = self._pair_params(params, None, None)
@@ -336,7 +337,7 @@ class PairPotential:
             return per_block(dx, dy, dz, r2, p)
 
         starts = jnp.arange(0, rows, b, dtype=jnp.int32)
-        out = parallel.block_map(block, (xs, ys, zs, ts, params),
+        out = parallel.block_map(block, (xs, ys, zs, ts, params, space),
                                  (starts, idx.reshape(rows // b, b, k)))
         return out, inverse
 
@@ -344,7 +345,7 @@ class PairPotential:
         return jax.jvp(lambda s: self._u(s, p), (r2,), (jnp.ones_like(r2),))
 
     # ------------------------------------------------------------------ physics
-    def _energy_forces(self, positions, params, aux):
+    def _energy_forces(self, positions, params, aux, space):
         n = positions.shape[0]
 
         def per_block(dx, dy, dz, r2, p):
@@ -353,11 +354,32 @@ class PairPotential:
             forces = jnp.stack([jnp.sum(f * dx, 1), jnp.sum(f * dy, 1), jnp.sum(f * dz, 1)], -1)
             return 0.5 * jnp.sum(u), forces
 
-        (e, f), inverse = self._blocks(positions, params, aux, per_block)
+        (e, f), inverse = self._blocks(positions, params, aux, space, per_block)
         f = f.reshape(-1, 3)[:n]
         return jnp.sum(e), (f if inverse is None else f[inverse])
 
-    def _forces_only(self, positions, params, aux):
+    def _energy_plain(self, positions, params, aux, space):
+        e, _ = self._blocks(positions, params, aux, space,
+                            lambda dx, dy, dz, r2, p: 0.5 * jnp.sum(self._u(r2, p)))
+        return jnp.sum(e)
+
+    def energy(self, positions: Array, params, aux=None, box=None) -> Array:
+        """Total pair energy (kJ/mol). positions: (N, 3) nm. Differentiable in positions, params
+        and box; ``aux`` is the neighbor list (used as is, not refreshed) or None for all pairs.
+        Position derivatives reuse the hand-written force kernel (a custom JVP)."""
+        self._check_params(params)
+        return _pair_energy(self, positions, params, _as_list(aux), self.box_space(box))
+
+    def energy_forces(self, positions: Array, params, aux=None, box=None) -> Evaluation:
+        """Energy and forces in one pass over the pairs (``aux`` as is)."""
+        self._check_params(params)
+        e, f = self._energy_forces(positions, params, _as_list(aux), self.box_space(box))
+        return Evaluation(energy=e, forces=f)
+
+    def forces_only(self, positions: Array, params, aux=None, box=None) -> Array:
+        """Forces (N, 3) kJ/mol/nm without the energy (a cheaper kernel)."""
+        self._check_params(params)
+        aux = _as_list(aux)
         n = positions.shape[0]
 
         def per_block(dx, dy, dz, r2, p):
@@ -365,81 +387,22 @@ class PairPotential:
             f = -2.0 * du
             return jnp.stack([jnp.sum(f * dx, 1), jnp.sum(f * dy, 1), jnp.sum(f * dz, 1)], -1)
 
-        f, inverse = self._blocks(positions, params, aux, per_block)
+        f, inverse = self._blocks(positions, params, aux, self.box_space(box), per_block)
         f = f.reshape(-1, 3)[:n]
         return f if inverse is None else f[inverse]
 
-    def _energy_plain(self, positions, params, aux):
-        e, _ = self._blocks(positions, params, aux,
-                            lambda dx, dy, dz, r2, p: 0.5 * jnp.sum(self._u(r2, p)))
-        return jnp.sum(e)
-
-    def energy(self, positions: Array, params, aux=None) -> Array:
-        """Total pair energy (kJ/mol). positions: (N, 3) nm. Differentiable in positions and
-        params; ``aux`` is the neighbor list from :meth:`allocate` (used as is, not refreshed)."""
-        self._check_params(params)
-
-        @jax.custom_jvp
-        def e(r, p):
-            return self._energy_plain(r, p, aux)
-
-        @e.defjvp
-        def e_jvp(primals, tangents):
-            r, p = primals
-            dr_t, dp_t = tangents
-            energy, forces = self._energy_forces(r, p, aux)
-            _, de_p = jax.jvp(lambda q: self._energy_plain(r, q, aux), (p,), (dp_t,))
-            return energy, de_p - jnp.sum(forces * dr_t)
-
-        return e(positions, params)
-
-    def evaluate(self, positions: Array, params, aux=None):
-        """Refresh the neighbor list if stale, then energy and forces in one pass."""
-        self._check_params(params)
-        if aux is not None:
-            aux = nl.update(self.space, positions, aux)
-        energy, forces = self._energy_forces(positions, params, aux)
-        return Evaluation(energy=energy, forces=forces), aux
-
-    def forces(self, positions: Array, params, aux=None):
-        """Refresh the neighbor list if stale, then forces only, (N, 3) kJ/mol/nm (no energy:
-        a cheaper kernel for integration steps whose energy is not reported)."""
-        self._check_params(params)
-        if aux is not None:
-            aux = nl.update(self.space, positions, aux)
-        return self._forces_only(positions, params, aux), aux
-
-    def evaluate_fresh(self, positions: Array, params, aux=None):
-        """Energy and forces with a list just built at ``positions`` (no staleness check: a
-        smaller program to compile, used right after :meth:`allocate`)."""
-        self._check_params(params)
-        energy, forces = self._energy_forces(positions, params, aux)
-        return Evaluation(energy=energy, forces=forces), aux
-
-    def virial(self, positions: Array, params, aux=None) -> Array:
-        """Virial tensor W = sum over pairs of r_ij (x) f_ij, (3, 3) kJ/mol. The pressure tensor is
-        (sum m v v + W) / V."""
-
-        def per_block(dx, dy, dz, r2, p):
-            _, du = self._u_du(r2, p)
-            d = jnp.stack([dx, dy, dz], -1)
-            # f_ij = -2 du/dr2 r_ij; each pair appears twice in the full list.
-            return -jnp.einsum("nk,nka,nkb->ab", du, d, d)
-
-        w, _ = self._blocks(positions, params, aux, per_block)
-        return jnp.sum(w, 0)
-
-    def energy_virial(self, positions: Array, params, aux=None) -> tuple[Array, Array]:
-        """Energy (kJ/mol) and virial tensor (3, 3) kJ/mol in one pass over the pairs (what a
-        reported frame needs; ``aux`` is used as is)."""
+    def energy_virial(self, positions: Array, params, aux=None, box=None) -> tuple[Array, Array]:
+        """Energy (kJ/mol) and virial tensor W = sum over pairs r_ij (x) f_ij (3, 3) kJ/mol in one
+        pass over the pairs (``aux`` as is). The pressure tensor is (sum m v v + W) / V."""
         self._check_params(params)
 
         def per_block(dx, dy, dz, r2, p):
             u, du = self._u_du(r2, p)
             d = jnp.stack([dx, dy, dz], -1)
+            # f_ij = -2 du/dr2 r_ij; each pair appears twice in the full list.
             return 0.5 * jnp.sum(u), -jnp.einsum("nk,nka,nkb->ab", du, d, d)
 
-        (e, w), _ = self._blocks(positions, params, aux, per_block)
+        (e, w), _ = self._blocks(positions, params, _as_list(aux), self.box_space(box), per_block)
         return jnp.sum(e), jnp.sum(w, 0)
 
     def tail_correction(self, params, n_particles: int, volume) -> tuple[Array, Array]:
@@ -468,3 +431,45 @@ class PairPotential:
         energy = 2.0 * jnp.pi / volume * jnp.sum(nn * e_int)
         pressure = -2.0 * jnp.pi / (3.0 * volume**2) * jnp.sum(nn * p_int)
         return energy, pressure
+
+
+def _as_list(aux):
+    """The neighbor list inside ``aux`` (a list or None); anything else is a usage error."""
+    if aux is None or isinstance(aux, nl.NeighborList):
+        return aux
+    raise TypeError(f"aux must be a NeighborList or None, got {type(aux).__name__}")
+
+
+def _symbolic_zero(t) -> bool:
+    return isinstance(t, jax.custom_derivatives.SymbolicZero)
+
+
+def _instantiate(tangents, primals):
+    return jax.tree_util.tree_map(
+        lambda t, p: jnp.zeros_like(p) if _symbolic_zero(t) else t, tangents, primals,
+        is_leaf=_symbolic_zero)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _pair_energy(pot: PairPotential, positions, params, aux, space):
+    """Pair energy whose position derivative is the hand-written force kernel. The neighbor list
+    and the space are ordinary arguments (a custom JVP that closed over them broke under
+    ``jit(grad(jit(f)))`` with lists made inside the trace); their tangents are ignored for the
+    list (integer tables) and honoured for the box."""
+    return pot._energy_plain(positions, params, aux, space)
+
+
+@functools.partial(_pair_energy.defjvp, symbolic_zeros=True)
+def _pair_energy_jvp(pot, primals, tangents):
+    r, p, aux, space = primals
+    dr, dp, _, dspace = tangents
+    energy, forces = pot._energy_forces(r, p, aux, space)
+    out = jnp.zeros_like(energy)
+    if not _symbolic_zero(dr):
+        out = out - jnp.sum(forces * dr)
+    leaves = jax.tree_util.tree_leaves((dp, dspace), is_leaf=_symbolic_zero)
+    if not all(_symbolic_zero(t) for t in leaves):
+        _, de = jax.jvp(lambda q, s: pot._energy_plain(r, q, aux, s), (p, space),
+                        (_instantiate(dp, p), _instantiate(dspace, space)))
+        out = out + de
+    return energy, out
