@@ -338,13 +338,9 @@ class Session:
         """An mdtraj topology of the system (one residue per atom when the system has none)."""
         if hasattr(self.system, "mdtraj_topology"):
             return self.system.mdtraj_topology()
-        import mdtraj as md
+        from .systems import placeholder_topology
 
-        top = md.Topology()
-        chain = top.add_chain()
-        for _ in range(self.n_atoms):
-            top.add_atom("X", md.element.get_by_symbol("Ar"), top.add_residue("LJ", chain))
-        return top
+        return placeholder_topology(self.n_atoms)
 
     # ================================================================ observers
     def observe(self, callback: Callable[[Any], None], event: str = "frames") -> Callable[[], None]:

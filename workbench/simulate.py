@@ -30,6 +30,7 @@ from . import neighbors as nl
 from . import parallel, xla
 from .dynamics import integrators as integ
 from .potentials.base import overflowed
+from .systems import placeholder_topology
 
 Array = jax.Array
 
@@ -253,7 +254,7 @@ class Simulation:
         records: dict[str, list] = {c: [] for c in LOG_COLUMNS}
         try:
             if trajectory:
-                top = self.topology if self.topology is not None else _default_topology(self.n_atoms)
+                top = self.topology if self.topology is not None else placeholder_topology(self.n_atoms)
                 box = np.asarray(self.state.box) if self.potential.space.periodic else None
                 writer = wio.TrajectoryWriter(trajectory, top, box, append=append)
             if log:
@@ -324,16 +325,6 @@ def _blowup(step: int, atoms: list[int], frames, limit: float, max_move: float) 
         "out of range.",
         step, atoms, frames,
     )
-
-
-def _default_topology(n_atoms: int):
-    import mdtraj as md
-
-    top = md.Topology()
-    chain = top.add_chain()
-    for _ in range(n_atoms):
-        top.add_atom("X", md.element.get_by_symbol("Ar"), top.add_residue("LJ", chain))
-    return top
 
 
 def _same_structure(old, new, what: str):

@@ -14,7 +14,7 @@ import numpy as np
 from . import space as spaces
 from .potentials.pair import PairPotential
 
-__all__ = ["System", "fcc_lattice", "lj_fluid", "fcc_cells_for"]
+__all__ = ["System", "fcc_lattice", "lj_fluid", "fcc_cells_for", "placeholder_topology"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,15 +37,20 @@ class System:
 
     def mdtraj_topology(self):
         """One residue per atom, all of ``element`` (mdtraj is imported lazily)."""
-        import mdtraj as md
+        return placeholder_topology(self.n_atoms, self.element, self.name)
 
-        top = md.Topology()
-        chain = top.add_chain()
-        el = md.element.get_by_symbol(self.element)
-        for _ in range(self.n_atoms):
-            res = top.add_residue(self.name, chain)
-            top.add_atom(self.name, el, res)
-        return top
+
+def placeholder_topology(n_atoms: int, element: str = "Ar", name: str = "LJ"):
+    """An mdtraj.Topology of ``n_atoms`` unbonded atoms, one residue each: what trajectories of
+    systems without a molecular topology (fluids, landscapes) are written with."""
+    import mdtraj as md
+
+    top = md.Topology()
+    chain = top.add_chain()
+    el = md.element.get_by_symbol(element)
+    for _ in range(n_atoms):
+        top.add_atom(name, el, top.add_residue(name, chain))
+    return top
 
 
 def fcc_lattice(n_cells, lattice_constant: float) -> np.ndarray:

@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import neighbors as nl
-from .. import parallel
 from ..space import Space
 from .base import EnergyTerm, Evaluation, NeighborSpec
+from .pairloop import as_list, pair_blocks, row_forces
 
 Array = jax.Array
 
@@ -291,55 +291,18 @@ class PairPotential(EnergyTerm):
             raise ValueError(f"types has {len(self.types)} entries but positions has {r.shape[0]}")
         return super().allocate(positions, box)
 
-    def _all_pairs(self, n):
-        rows = nl.padded_rows(n)
-        idx = np.full((rows, max(n - 1, 1)), n, dtype=np.int32)
-        j = np.arange(n - 1)[None, :]
-        idx[:n, : n - 1] = j + (j >= np.arange(n)[:, None])  # every j except i itself
-        return jnp.asarray(idx)
-
     def _blocks(self, positions, params, aux, space, per_block):
-        """Run ``per_block(dx, dy, dz, r2, p) -> pytree`` over blocks of atoms in the list's
-        sorted order (cache-friendly; see neighbors.BLOCK), split over CPU devices inside
-        :func:`workbench.parallel.use`. Padding pairs get r2 beyond the cutoff, where every
-        truncated pair function is exactly zero. Returns the stacked per-block outputs and the
-        ``inverse`` permutation (None for atom order)."""
-        n = positions.shape[0]
-        if aux is None:
-            idx, order, inverse = self._all_pairs(n), None, None
-        else:
-            idx, order, inverse = aux.idx, aux.order, aux.inverse
-        rows, k = idx.shape
-        rs = positions if order is None else positions[order]
-        pad = jnp.zeros(rows + 1 - n, rs.dtype)
-        xs, ys, zs = (jnp.concatenate([rs[:, a], pad]) for a in range(3))
-        ts = None
-        if self.types is not None:
-            t = jnp.asarray(self.types)
-            t = t if order is None else t[order]
-            ts = jnp.concatenate([t, jnp.zeros(rows + 1 - n, jnp.int32)])
-        b = nl.BLOCK
-        far2 = 4.0 * self.cutoff**2
+        """Run ``per_block(dx, dy, dz, r2, p)`` over the pair blocks (see
+        :func:`~workbench.potentials.pairloop.pair_blocks`) with ``p`` the mixed parameters
+        of each pair."""
+        types = None if self.types is None else jnp.asarray(self.types)
 
-        def block(shared, args):
-            xs, ys, zs, ts, params, space = shared
-            start, nbr = args  # nbr: (B, K) sorted positions of neighbors
-            xi = jax.lax.dynamic_slice_in_dim(xs, start, b)[:, None]
-            yi = jax.lax.dynamic_slice_in_dim(ys, start, b)[:, None]
-            zi = jax.lax.dynamic_slice_in_dim(zs, start, b)[:, None]
-            dx, dy, dz = space.displacement_components(xi - xs[nbr], yi - ys[nbr], zi - zs[nbr])
-            r2 = jnp.where(nbr < n, dx * dx + dy * dy + dz * dz, jnp.asarray(far2, xs.dtype))
-            if ts is None:
-                p = self._pair_params(params, None, None)
-            else:
-                p = self._pair_params(params, jax.lax.dynamic_slice_in_dim(ts, start, b)[:, None],
-                                      ts[nbr])
+        def block(dx, dy, dz, r2, ti, tj, params):
+            p = self._pair_params(params, ti, tj) if types is not None else \
+                self._pair_params(params, None, None)
             return per_block(dx, dy, dz, r2, p)
 
-        starts = jnp.arange(0, rows, b, dtype=jnp.int32)
-        out = parallel.block_map(block, (xs, ys, zs, ts, params, space),
-                                 (starts, idx.reshape(rows // b, b, k)))
-        return out, inverse
+        return pair_blocks(positions, types, aux, space, self.cutoff, block, params)
 
     def _u_du(self, r2, p):
         return jax.jvp(lambda s: self._u(s, p), (r2,), (jnp.ones_like(r2),))
@@ -350,9 +313,7 @@ class PairPotential(EnergyTerm):
 
         def per_block(dx, dy, dz, r2, p):
             u, du = self._u_du(r2, p)
-            f = -2.0 * du
-            forces = jnp.stack([jnp.sum(f * dx, 1), jnp.sum(f * dy, 1), jnp.sum(f * dz, 1)], -1)
-            return 0.5 * jnp.sum(u), forces
+            return 0.5 * jnp.sum(u), row_forces(-2.0 * du, dx, dy, dz)
 
         (e, f), inverse = self._blocks(positions, params, aux, space, per_block)
         f = f.reshape(-1, 3)[:n]
@@ -368,24 +329,23 @@ class PairPotential(EnergyTerm):
         and box; ``aux`` is the neighbor list (used as is, not refreshed) or None for all pairs.
         Position derivatives reuse the hand-written force kernel (a custom JVP)."""
         self._check_params(params)
-        return _pair_energy(self, positions, params, _as_list(aux), self.box_space(box))
+        return _pair_energy(self, positions, params, as_list(aux), self.box_space(box))
 
     def energy_forces(self, positions: Array, params, aux=None, box=None) -> Evaluation:
         """Energy and forces in one pass over the pairs (``aux`` as is)."""
         self._check_params(params)
-        e, f = self._energy_forces(positions, params, _as_list(aux), self.box_space(box))
+        e, f = self._energy_forces(positions, params, as_list(aux), self.box_space(box))
         return Evaluation(energy=e, forces=f)
 
     def forces_only(self, positions: Array, params, aux=None, box=None) -> Array:
         """Forces (N, 3) kJ/mol/nm without the energy (a cheaper kernel)."""
         self._check_params(params)
-        aux = _as_list(aux)
+        aux = as_list(aux)
         n = positions.shape[0]
 
         def per_block(dx, dy, dz, r2, p):
             _, du = self._u_du(r2, p)
-            f = -2.0 * du
-            return jnp.stack([jnp.sum(f * dx, 1), jnp.sum(f * dy, 1), jnp.sum(f * dz, 1)], -1)
+            return row_forces(-2.0 * du, dx, dy, dz)
 
         f, inverse = self._blocks(positions, params, aux, self.box_space(box), per_block)
         f = f.reshape(-1, 3)[:n]
@@ -402,7 +362,7 @@ class PairPotential(EnergyTerm):
             # f_ij = -2 du/dr2 r_ij; each pair appears twice in the full list.
             return 0.5 * jnp.sum(u), -jnp.einsum("nk,nka,nkb->ab", du, d, d)
 
-        (e, w), _ = self._blocks(positions, params, _as_list(aux), self.box_space(box), per_block)
+        (e, w), _ = self._blocks(positions, params, as_list(aux), self.box_space(box), per_block)
         return jnp.sum(e), jnp.sum(w, 0)
 
     def tail_correction(self, params, n_particles: int, volume) -> tuple[Array, Array]:
@@ -431,13 +391,6 @@ class PairPotential(EnergyTerm):
         energy = 2.0 * jnp.pi / volume * jnp.sum(nn * e_int)
         pressure = -2.0 * jnp.pi / (3.0 * volume**2) * jnp.sum(nn * p_int)
         return energy, pressure
-
-
-def _as_list(aux):
-    """The neighbor list inside ``aux`` (a list or None); anything else is a usage error."""
-    if aux is None or isinstance(aux, nl.NeighborList):
-        return aux
-    raise TypeError(f"aux must be a NeighborList or None, got {type(aux).__name__}")
 
 
 def _symbolic_zero(t) -> bool:

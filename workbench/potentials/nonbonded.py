@@ -1,0 +1,311 @@
+"""Lennard-Jones plus Coulomb with exclusions and scaled 1-4 pairs, as OpenMM's NonbondedForce.
+
+One term computes both interactions from one pass over the shared neighbor list. Methods
+(structural), as OpenMM defines them:
+
+* ``NoCutoff``: every pair, plain 1/r Coulomb;
+* ``CutoffNonPeriodic`` / ``CutoffPeriodic``: pairs within the cutoff, Coulomb with a reaction
+  field, k q_i q_j (1/r + k_rf r^2 - c_rf), k_rf = (eps - 1) / ((2 eps + 1) rc^3),
+  c_rf = 3 eps / ((2 eps + 1) rc), eps the solvent dielectric;
+* ``Ewald`` / ``PME``: erfc(alpha r)/r in direct space within the cutoff, the reciprocal sum
+  and the self energy from :mod:`workbench.potentials.ewald`.
+
+Lennard-Jones is cut at the cutoff (optionally with OpenMM's switching function), mixed by
+Lorentz-Berthelot, with the optional long-range dispersion correction for a homogeneous fluid.
+
+Exclusions and exceptions. Every exception pair is excluded from the normal sum. Exceptions with
+non-zero parameters (the 1-4 pairs) are computed separately with plain Coulomb and LJ, no cutoff:
+either *scaled* (q_i q_j coulomb14scale, LJ with mixed sigma and lj14scale sqrt(eps_i eps_j), so
+they follow the atom types' parameters) or *fixed* (their own per-pair parameters). The pair loop
+runs over the list as built (which knows nothing of exclusions); the excluded pairs' contributions
+are then subtracted exactly, pair by pair (cost O(exclusions), no per-pair test in the inner loop,
+correct across list rebuilds and sorting). In Ewald methods the reciprocal sum includes excluded
+pairs too, and k q_i q_j erf(alpha r)/r is subtracted for them, as OpenMM does.
+
+Parameters (numeric, keyed by type): ``charge`` (Tq,) e per charge type, ``sigma``,
+``epsilon`` (Tl,) nm, kJ/mol per Lennard-Jones type, ``coulomb14scale``, ``lj14scale`` () and the
+fixed exceptions' ``exception_chargeprod`` e^2, ``exception_sigma`` nm, ``exception_epsilon``
+kJ/mol, (X,) each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import units
+from ..space import Space
+from .base import EnergyTerm, Evaluation, NeighborSpec
+from .pairloop import pair_blocks, row_forces
+
+Array = jax.Array
+
+__all__ = ["Nonbonded", "METHODS"]
+
+METHODS = ("NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic", "Ewald", "PME")
+_NO_CUTOFF = 1.0e3  # nm: "infinite" cutoff for NoCutoff (masks only the padding slots)
+_QUADRATURE = np.polynomial.legendre.leggauss(48)
+
+
+def _pairs(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.int32).reshape(-1, 2)
+
+
+@dataclass(frozen=True, eq=False)
+class Nonbonded(EnergyTerm):
+    """LJ + Coulomb over N particles (see the module docstring).
+
+    space: boundary conditions (periodic for CutoffPeriodic, Ewald, PME). method: one of
+    :data:`METHODS`. charge_types, lj_types: (N,) row of each particle in the charge and LJ type
+    tables. exclusions: (E, 2) pairs left out of the normal sum (every exception pair).
+    scaled_pairs: (S, 2) 1-4 pairs computed from the types with the 1-4 scales. fixed_pairs:
+    (X, 2) pairs with their own parameters. cutoff (nm), switch_distance (nm or None),
+    dispersion_correction, reaction_field_dielectric, ewald_alpha (1/nm), pme_grid (3 ints),
+    ewald_kmax (3 ints): as OpenMM. skin: neighbor-list skin (nm). All structural.
+    """
+
+    space: Space
+    method: str
+    charge_types: np.ndarray
+    lj_types: np.ndarray
+    exclusions: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int32))
+    scaled_pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int32))
+    fixed_pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int32))
+    cutoff: float | None = None
+    switch_distance: float | None = None
+    dispersion_correction: bool = False
+    reaction_field_dielectric: float = 78.3
+    ewald_alpha: float = 0.0
+    pme_grid: tuple[int, int, int] | None = None
+    ewald_kmax: tuple[int, int, int] | None = None
+    skin: float = 0.2
+    charge_type_names: Sequence[str] | None = None
+    lj_type_names: Sequence[str] | None = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown nonbonded method {self.method!r}; choose one of {METHODS}")
+        periodic = self.method in ("CutoffPeriodic", "Ewald", "PME")
+        if periodic != self.space.periodic:
+            raise ValueError(f"nonbonded method {self.method} needs a "
+                             f"{'periodic' if periodic else 'free'} space, got {self.space.kind}")
+        if self.method != "NoCutoff":
+            if not (self.cutoff and self.cutoff > 0):
+                raise ValueError(f"nonbonded method {self.method} needs a positive cutoff")
+            self.space.check_cutoff(self.cutoff + self.skin, "nonbonded cutoff + skin")
+        if self.switch_distance is not None and not (0 <= self.switch_distance < (self.cutoff or 0)):
+            raise ValueError(f"switch_distance must lie in [0, cutoff), got {self.switch_distance}")
+        if self.method == "PME" and self.pme_grid is None:
+            raise ValueError("PME needs pme_grid (nx, ny, nz); see ewald.pme_parameters")
+        if self.method == "Ewald" and self.ewald_kmax is None:
+            raise ValueError("Ewald needs ewald_kmax (kx, ky, kz); see ewald.ewald_parameters")
+        qt = np.asarray(self.charge_types, dtype=np.int32)
+        lt = np.asarray(self.lj_types, dtype=np.int32)
+        if qt.shape != lt.shape or qt.ndim != 1:
+            raise ValueError(f"charge_types and lj_types must both have shape (N,), got "
+                             f"{qt.shape} and {lt.shape}")
+        for name in ("exclusions", "scaled_pairs", "fixed_pairs"):
+            pairs = _pairs(getattr(self, name))
+            if pairs.size and (pairs.min() < 0 or pairs.max() >= len(qt)):
+                raise ValueError(f"{name} index out of range for {len(qt)} particles")
+            object.__setattr__(self, name, pairs)
+        object.__setattr__(self, "charge_types", qt)
+        object.__setattr__(self, "lj_types", lt)
+        for attr, types in (("charge_type_names", qt), ("lj_type_names", lt)):
+            n = int(types.max()) + 1 if len(types) else 0
+            names = getattr(self, attr)
+            names = tuple(names) if names is not None else tuple(f"{attr[:-6]}{i}" for i in range(n))
+            if len(names) < n:
+                raise ValueError(f"{attr} has {len(names)} names for {n} types")
+            object.__setattr__(self, attr, names)
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def n_particles(self) -> int:
+        return len(self.charge_types)
+
+    @property
+    def ewald(self) -> bool:
+        return self.method in ("Ewald", "PME")
+
+    @property
+    def pair_cutoff(self) -> float:
+        return _NO_CUTOFF if self.method == "NoCutoff" else float(self.cutoff)
+
+    def init_params(self, charge, sigma, epsilon, coulomb14scale=0.8333333333333334,
+                    lj14scale=0.5, exception_chargeprod=(), exception_sigma=(),
+                    exception_epsilon=()) -> dict[str, Array]:
+        """The parameter pytree from per-type values (see the module docstring for units)."""
+        f = jnp.result_type(float)
+        out = {
+            "charge": jnp.asarray(charge, f), "sigma": jnp.asarray(sigma, f),
+            "epsilon": jnp.asarray(epsilon, f),
+            "coulomb14scale": jnp.asarray(coulomb14scale, f),
+            "lj14scale": jnp.asarray(lj14scale, f),
+            "exception_chargeprod": jnp.asarray(exception_chargeprod, f).reshape(-1),
+            "exception_sigma": jnp.asarray(exception_sigma, f).reshape(-1),
+            "exception_epsilon": jnp.asarray(exception_epsilon, f).reshape(-1),
+        }
+        nq, nl_ = len(self.charge_type_names), len(self.lj_type_names)
+        for k, n in (("charge", nq), ("sigma", nl_), ("epsilon", nl_)):
+            if out[k].shape != (n,):
+                raise ValueError(f"{k} needs one value per type ({n}), got {out[k].shape}")
+        for k in ("exception_chargeprod", "exception_sigma", "exception_epsilon"):
+            if out[k].shape != (len(self.fixed_pairs),):
+                raise ValueError(f"{k} needs one value per fixed pair ({len(self.fixed_pairs)})")
+        return out
+
+    def particle_params(self, params) -> dict[str, Array]:
+        """Per-particle view: charge (N,) e, sigma (N,) nm, epsilon (N,) kJ/mol."""
+        return {"charge": params["charge"][self.charge_types],
+                "sigma": params["sigma"][self.lj_types],
+                "epsilon": params["epsilon"][self.lj_types]}
+
+    def neighbor_spec(self) -> NeighborSpec | None:
+        if self.method == "NoCutoff":
+            return None
+        return NeighborSpec(float(self.cutoff), self.skin)
+
+    # ------------------------------------------------------------------ pair physics
+    def _pair_energy(self, r2, qq, sig, eps, dtype):
+        """Energy of pairs (any shape) in the normal sum, zero beyond the cutoff."""
+        rc = self.pair_cutoff
+        inside = r2 < rc * rc
+        r2 = jnp.where(inside, r2, 0.25 * rc * rc)
+        inv_r2 = 1.0 / r2
+        s6 = (sig * sig * inv_r2) ** 3
+        lj = 4.0 * eps * s6 * (s6 - 1.0)
+        if self.switch_distance is not None:
+            r = jnp.sqrt(r2)
+            x = jnp.clip((r - self.switch_distance) / (rc - self.switch_distance), 0.0, 1.0)
+            lj = lj * (1.0 + x**3 * (-10.0 + x * (15.0 - 6.0 * x)))
+        k = units.ONE_4PI_EPS0
+        if self.method == "NoCutoff":
+            coul = k * qq * jnp.sqrt(inv_r2)
+        elif self.method in ("CutoffNonPeriodic", "CutoffPeriodic"):
+            e = self.reaction_field_dielectric
+            krf = (e - 1.0) / ((2.0 * e + 1.0) * rc**3)
+            crf = 3.0 * e / ((2.0 * e + 1.0) * rc)
+            coul = k * qq * (jnp.sqrt(inv_r2) + krf * r2 - crf)
+        else:
+            r = jnp.sqrt(r2)
+            coul = k * qq * jax.scipy.special.erfc(self.ewald_alpha * r) / r
+        return jnp.where(inside, lj + coul, jnp.zeros((), dtype))
+
+    def _atoms(self, params):
+        pp = self.particle_params(params)
+        return {"q": pp["charge"], "s": 0.5 * pp["sigma"], "e": jnp.sqrt(pp["epsilon"])}
+
+    def _pair_block(self, forces: bool):
+        def per_block(dx, dy, dz, r2, ai, aj, _):
+            def u(r2):
+                return self._pair_energy(r2, ai["q"] * aj["q"], ai["s"] + aj["s"], ai["e"] * aj["e"],
+                                         dx.dtype)
+            if not forces:
+                return 0.5 * jnp.sum(u(r2))
+            e, du = jax.jvp(u, (r2,), (jnp.ones_like(r2),))
+            return 0.5 * jnp.sum(e), row_forces(-2.0 * du, dx, dy, dz)
+        return per_block
+
+    def _pair_sum(self, positions, params, aux, space, forces: bool):
+        out, inverse = pair_blocks(positions, self._atoms(params), aux, space, self.pair_cutoff,
+                                   self._pair_block(forces))
+        if not forces:
+            return jnp.sum(out)
+        e, f = out
+        f = f.reshape(-1, 3)[: positions.shape[0]]
+        return jnp.sum(e), (f if inverse is None else f[inverse])
+
+    # ------------------------------------------------------------------ the rest
+    def _distances(self, positions, pairs, space):
+        d = positions[pairs[:, 0]] - positions[pairs[:, 1]]
+        if space.periodic:
+            d = space.displacement(positions[pairs[:, 0]], positions[pairs[:, 1]])
+        return jnp.sqrt(jnp.sum(d * d, -1))
+
+    def _explicit_energy(self, positions, params, space):
+        """Everything but the pair loop: excluded pairs taken back out, 1-4 exceptions,
+        reciprocal and self energies, dispersion correction."""
+        dtype = positions.dtype
+        k = units.ONE_4PI_EPS0
+        pp = self.particle_params(params)
+        q, sig, eps = pp["charge"], pp["sigma"], pp["epsilon"]
+        total = jnp.zeros((), dtype)
+        if len(self.exclusions):
+            i, j = self.exclusions[:, 0], self.exclusions[:, 1]
+            r = self._distances(positions, self.exclusions, space)
+            qq = q[i] * q[j]
+            total = total - jnp.sum(self._pair_energy(
+                r * r, qq, 0.5 * (sig[i] + sig[j]), jnp.sqrt(eps[i] * eps[j]), dtype))
+            if self.ewald:
+                from . import ewald
+
+                total = total + ewald.excluded_pair_correction(r, qq, self.ewald_alpha)
+        for pairs, scaled in ((self.scaled_pairs, True), (self.fixed_pairs, False)):
+            if not len(pairs):
+                continue
+            i, j = pairs[:, 0], pairs[:, 1]
+            if scaled:
+                qq = params["coulomb14scale"] * q[i] * q[j]
+                s = 0.5 * (sig[i] + sig[j])
+                e = params["lj14scale"] * jnp.sqrt(eps[i] * eps[j])
+            else:
+                qq, s = params["exception_chargeprod"], params["exception_sigma"]
+                e = params["exception_epsilon"]
+            r = self._distances(positions, pairs, space)
+            s6 = (s / r) ** 6
+            total = total + jnp.sum(4.0 * e * s6 * (s6 - 1.0) + k * qq / r)
+        if self.ewald:
+            from . import ewald
+
+            box = space.box
+            if self.method == "PME":
+                total = total + ewald.pme_reciprocal_energy(positions, q, box, self.ewald_alpha,
+                                                            tuple(self.pme_grid))
+            else:
+                total = total + ewald.ewald_reciprocal_energy(positions, q, box, self.ewald_alpha,
+                                                              tuple(self.ewald_kmax))
+            total = total + ewald.ewald_self_energy(q, self.ewald_alpha)
+            total = total + ewald.neutralizing_energy(q, box, self.ewald_alpha)
+        if self.dispersion_correction and self.space.periodic:
+            total = total + self._dispersion(params, space.volume)
+        return total
+
+    def _dispersion(self, params, volume):
+        """OpenMM's long-range dispersion correction 8 pi N^2/V <eps (sigma^12/(9 rc^9) -
+        sigma^6/(3 rc^3)) + switch part> (averaged over the N(N+1)/2 pairs incl. self pairs),
+        from the LJ type counts; the switching region is integrated by Gauss-Legendre."""
+        counts = jnp.asarray(np.bincount(self.lj_types, minlength=len(self.lj_type_names)),
+                             params["sigma"].dtype)
+        s = 0.5 * (params["sigma"][:, None] + params["sigma"][None, :])
+        e = jnp.sqrt(params["epsilon"][:, None] * params["epsilon"][None, :])
+        rc = float(self.cutoff)
+        s6 = s**6
+        f = e * (s6 * s6 / (9.0 * rc**9) - s6 / (3.0 * rc**3))
+        if self.switch_distance is not None:
+            rs = float(self.switch_distance)
+            x, w = _QUADRATURE
+            r = 0.5 * (rc - rs) * x + 0.5 * (rc + rs)
+            t = (r - rs) / (rc - rs)
+            one_minus_s = -(t**3) * (-10.0 + t * (15.0 - 6.0 * t))
+            lj = (s6[..., None] ** 2 / r**12 - s6[..., None] / r**6) * r**2 * one_minus_s
+            f = f + e * 0.5 * (rc - rs) * jnp.sum(jnp.asarray(w) * lj, -1)
+        pair_sum = 0.5 * (counts @ f @ counts + jnp.sum(counts * jnp.diagonal(f)))
+        n = float(self.n_particles)
+        return 8.0 * np.pi * n * n * pair_sum / (n * (n + 1) / 2.0) / volume
+
+    # ------------------------------------------------------------------ contract
+    def energy(self, positions, params, aux=None, box=None):
+        space = self.box_space(box)
+        return (self._pair_sum(positions, params, aux, space, False)
+                + self._explicit_energy(positions, params, space))
+
+    def energy_forces(self, positions, params, aux=None, box=None):
+        space = self.box_space(box)
+        e_pair, f_pair = self._pair_sum(positions, params, aux, space, True)
+        e_rest, g = jax.value_and_grad(self._explicit_energy)(positions, params, space)
+        return Evaluation(energy=e_pair + e_rest, forces=f_pair - g)
