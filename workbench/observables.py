@@ -6,6 +6,8 @@ Units: kJ/mol, nm, ps, amu; temperatures are returned as kT (kJ/mol) - divide by
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,25 +74,29 @@ def radial_distribution(space: Space, frames, r_max: float, n_bins: int = 100,
     n = frames.shape[1]
     edges = np.linspace(0.0, r_max, n_bins + 1)
 
-    @jax.jit
-    def hist_rows(r, rows):
-        d = space.displacement(r[rows][:, None, :], r[None, :, :])
-        dist = jnp.sqrt(jnp.sum(d * d, -1))
-        self_pair = rows[:, None] == jnp.arange(n)[None, :]
-        dist = jnp.where(self_pair, 2.0 * r_max, dist)
-        b = jnp.floor(dist / (r_max / n_bins)).astype(jnp.int32)
-        return jnp.zeros(n_bins + 1, jnp.int32).at[jnp.clip(b, 0, n_bins)].add(1)[:n_bins]
-
     counts = np.zeros(n_bins)
     for r in frames:
         r = jnp.asarray(r)
         for start in range(0, n, chunk):
             rows = jnp.arange(start, min(start + chunk, n))
-            counts += np.asarray(hist_rows(r, rows))
+            counts += np.asarray(_hist_rows(space, r, rows, r_max, n_bins))
     volume = float(space.volume)
     shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
     ideal = shell * (n - 1) / volume * n * frames.shape[0]
     return 0.5 * (edges[1:] + edges[:-1]), counts / ideal
+
+
+@functools.partial(jax.jit, static_argnames=("n_bins",))
+def _hist_rows(space, r, rows, r_max, n_bins):
+    """Pair-distance histogram of atoms ``rows`` against all atoms (module-level and jitted once
+    per shape: new frames, boxes or r_max reuse the compiled program)."""
+    n = r.shape[0]
+    d = space.displacement(r[rows][:, None, :], r[None, :, :])
+    dist = jnp.sqrt(jnp.sum(d * d, -1))
+    self_pair = rows[:, None] == jnp.arange(n)[None, :]
+    dist = jnp.where(self_pair, 2.0 * r_max, dist)
+    b = jnp.floor(dist / (r_max / n_bins)).astype(jnp.int32)
+    return jnp.zeros(n_bins + 1, jnp.int32).at[jnp.clip(b, 0, n_bins)].add(1)[:n_bins]
 
 
 def mean_square_displacement(frames, lags=None):

@@ -40,6 +40,7 @@ class FireState:
     dt: Array
     alpha: Array
     n_pos: Array
+    box: Any = None
 
 
 def fire(potential, dt_start=0.001, dt_max=0.01, n_min=5, f_inc=1.1, f_dec=0.5,
@@ -48,17 +49,17 @@ def fire(potential, dt_start=0.001, dt_max=0.01, n_min=5, f_inc=1.1, f_dec=0.5,
     ``init(positions, params, aux) -> FireState`` and ``step(state, params) -> FireState``.
     Time steps in ps (unit masses)."""
 
-    def init(positions, params, aux):
-        ev, aux = potential.evaluate(positions, params, aux)
+    def init(positions, params, aux, box=None):
+        ev, aux = potential.evaluate(positions, params, aux, box)
         z = jnp.zeros_like(positions)
         dtype = positions.dtype
         return FireState(positions, z, ev.forces, ev.energy, aux, jnp.asarray(dt_start, dtype),
-                         jnp.asarray(alpha_start, dtype), jnp.asarray(0, jnp.int32))
+                         jnp.asarray(alpha_start, dtype), jnp.asarray(0, jnp.int32), box)
 
     def step(s: FireState, params) -> FireState:
         v = s.velocities + 0.5 * s.dt * s.forces
         r = s.positions + s.dt * v
-        ev, aux = potential.evaluate(r, params, s.aux)
+        ev, aux = potential.evaluate(r, params, s.aux, s.box)
         v = v + 0.5 * s.dt * ev.forces
         power = jnp.sum(ev.forces * v)
         f_norm = jnp.sqrt(jnp.sum(ev.forces**2))
@@ -70,7 +71,7 @@ def fire(potential, dt_start=0.001, dt_max=0.01, n_min=5, f_inc=1.1, f_dec=0.5,
         dt = jnp.where(grow, jnp.minimum(s.dt * f_inc, dt_max), jnp.where(up, s.dt, s.dt * f_dec))
         alpha = jnp.where(grow, s.alpha * f_alpha, jnp.where(up, s.alpha, alpha_start))
         n_pos = jnp.where(up, s.n_pos + 1, 0)
-        return FireState(r, v, ev.forces, ev.energy, aux, dt, alpha, n_pos)
+        return FireState(r, v, ev.forces, ev.energy, aux, dt, alpha, n_pos, s.box)
 
     return init, step
 
@@ -82,7 +83,7 @@ def gradient_descent(potential, step_size=1e-4):
 
     def step(s: FireState, params) -> FireState:
         r = s.positions + step_size * s.forces
-        ev, aux = potential.evaluate(r, params, s.aux)
+        ev, aux = potential.evaluate(r, params, s.aux, s.box)
         return replace(s, positions=r, forces=ev.forces, energy=ev.energy, aux=aux)
 
     return init_fire, step
@@ -110,21 +111,23 @@ class MinimizeResult:
     aux: Any
 
 
-def minimize(potential, positions, params, aux=None, *, method: str = "fire",
+def minimize(potential, positions, params, aux=None, *, box=None, method: str = "fire",
              ftol: float = 1e-3, max_steps: int = 10_000, chunk: int = 100, **options):
     """Minimize the energy from ``positions`` (N, 3) until max |F component| < ``ftol``
-    (kJ/mol/nm) or ``max_steps``. method: ``"fire"`` or ``"gradient_descent"``; options go
-    to the method's factory. Returns a :class:`MinimizeResult`."""
+    (kJ/mol/nm) or ``max_steps``, in the box ``box`` (3, 3) nm (default: the potential's).
+    method: ``"fire"`` or ``"gradient_descent"``; options go to the method's factory. Returns a
+    :class:`MinimizeResult`."""
     makers = {"fire": fire, "gradient_descent": gradient_descent}
     if method not in makers:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(makers)}")
     positions = jnp.asarray(positions, dtype=jnp.result_type(float))
+    box = potential.default_box() if box is None else jnp.asarray(box, positions.dtype)
     if aux is None:
-        aux = potential.allocate(positions)
+        aux = potential.allocate(positions, box)
     init, run = _compiled(potential, method, chunk, tuple(sorted(options.items())))
-    state = init(positions, params, aux)
+    state = init(positions, params, aux, box)
     while bool(overflowed(state.aux)):  # the list given was too small: regrow before step 0
-        state = init(positions, params, nl.grow_all(state.aux, positions))
+        state = init(positions, params, nl.grow_all(state.aux, positions), box)
     done = 0
     while True:
         fmax = float(jnp.max(jnp.abs(state.forces)))

@@ -34,11 +34,12 @@ function); every value passed at call time is numeric (traced, never recompiles)
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,19 +49,19 @@ from jax.scipy.special import erf, erfc
 Array = jax.Array
 
 __all__ = [
-    "ExpressionError",
-    "Expr",
-    "Number",
-    "Name",
+    "BUILTIN_FUNCTIONS",
     "Call",
+    "Expr",
+    "ExpressionError",
+    "Name",
+    "Number",
+    "TabulatedFunction",
+    "compile_expression",
+    "free_names",
+    "function_names",
     "parse",
     "simplify",
     "substitute",
-    "free_names",
-    "function_names",
-    "compile_expression",
-    "BUILTIN_FUNCTIONS",
-    "TabulatedFunction",
     "tabulated_function",
 ]
 
@@ -107,8 +108,8 @@ class Name(Expr):
 class Call(Expr):
     """An operator or function applied to arguments.
 
-    ``function`` is ``"+" "-" "*" "/" "^"`` for the binary operators, ``"neg"`` for unary minus,
-    otherwise a function name (built-in or supplied at compile time).
+    ``function`` is ``"+" "-" "*" "/" "^"`` for the operators (``"-"`` with one argument is
+    unary minus), otherwise a function name (built-in or supplied at compile time).
     """
 
     function: str
@@ -130,7 +131,7 @@ def _format(node: Expr) -> str:
     if isinstance(node, Name):
         return node.name
     args = [_format(a) for a in node.args]
-    if node.function == "neg":
+    if node.function == "-" and len(args) == 1:
         return f"-({args[0]})"
     if node.function in _OPERATORS:
         return f"({args[0]} {node.function} {args[1]})"
@@ -177,7 +178,9 @@ class _Parser:
             kind, token = self.tokens[self.pos]
             if kind == "rparen":
                 raise self.error("unbalanced parentheses: ')' has no matching '('")
-            raise self.error(f"unexpected {token!r} after a complete expression (missing operator?)")
+            raise self.error(
+                f"unexpected {token!r} after a complete expression (missing operator?)"
+            )
         return node
 
     def expression(self, precedence: int) -> Expr:
@@ -200,7 +203,7 @@ class _Parser:
             self.expect_close(f"{text}(")
             node = Call(text, tuple(args))
         elif kind == "op" and text == "-":
-            node = Call("neg", (self.expression(_NEGATE_PRECEDENCE),))
+            node = Call("-", (self.expression(_NEGATE_PRECEDENCE),))
         else:
             raise self.error(f"unexpected {text!r} where an operand was expected")
         while self.pos < len(self.tokens) and self.tokens[self.pos][0] == "op":
@@ -313,7 +316,7 @@ def function_names(expression: str | Expr) -> set[str]:
     return {
         n.function
         for n in _walk(_as_tree(expression))
-        if isinstance(n, Call) and n.function not in _OPERATORS and n.function != "neg"
+        if isinstance(n, Call) and n.function not in _OPERATORS
     }
 
 
@@ -385,16 +388,14 @@ def simplify(expression: str | Expr, keep: Sequence[str] = ()) -> Expr:
 def _rewrite(fn, args, number, build) -> Expr | None:
     """One Lepton optimisation rule applied to ``fn(*args)``, or None when none applies."""
     const = [a.value if isinstance(a, Number) else None for a in args]
-    if fn in _OPERATORS or fn == "neg":
-        if None not in const:  # fold literal arithmetic in float64 with C semantics
-            with np.errstate(all="ignore"):
-                v = [np.float64(c) for c in const]
-                ops = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide}
-                if fn == "neg":
-                    return number(-v[0])
-                return number(np.power(*v) if fn == "^" else ops[fn](*v))
+    if fn in _OPERATORS and None not in const:  # fold literal arithmetic: float64, C semantics
+        with np.errstate(all="ignore"):
+            return number(_OPERATIONS[fn](*map(np.float64, const)))
     first = const[0]
     second = const[1] if len(const) > 1 else None
+    inner = args[0] if isinstance(args[0], Call) else None
+    if fn == "-" and len(args) == 1:  # -(-x) = x
+        return inner.args[0] if inner and inner.function == "-" and len(inner.args) == 1 else None
     if fn == "+":
         return args[1] if first == 0 else args[0] if second == 0 else None
     if fn == "-":
@@ -420,10 +421,10 @@ def _rewrite(fn, args, number, build) -> Expr | None:
         if second == 1:
             return args[0]
         return build(named[second], args[:1]) if second in named else None
-    unwrap = {"neg": "neg", "sqrt": "square", "square": "sqrt"}  # neg(neg x), sqrt(square x), ...
-    inner = args[0] if args else None
-    if fn in unwrap and isinstance(inner, Call) and inner.function == unwrap[fn]:
-        return build("abs", inner.args) if fn == "sqrt" else inner.args[0]
+    if fn == "sqrt" and inner and inner.function == "square":  # sqrt(square(x)) = abs(x)
+        return build("abs", inner.args)
+    if fn == "square" and inner and inner.function == "sqrt":  # square(sqrt(x)) = x
+        return inner.args[0]
     if fn == "select" and args[1] is args[2]:
         return args[1]
     return None
@@ -454,13 +455,18 @@ def _where(condition, x, one, zero):
     return jnp.where(condition, jnp.full_like(x, one), jnp.full_like(x, zero))
 
 
+def _minus(a, b=None):
+    return -a if b is None else a - b
+
+
+_OPERATIONS = {"+": jnp.add, "-": _minus, "*": jnp.multiply, "/": jnp.divide, "^": jnp.power}
+
 BUILTIN_FUNCTIONS: dict[str, _Function] = {
     "+": _Function(2, jnp.add),
-    "-": _Function(2, jnp.subtract),
+    "-": _Function(None, _minus),  # binary minus, or unary minus with one argument
     "*": _Function(2, jnp.multiply),
     "/": _Function(2, jnp.divide, (None, 1.0)),
     "^": _Function(2, jnp.power, (1.0, None)),
-    "neg": _Function(1, jnp.negative),
     "sqrt": _Function(1, jnp.sqrt, (1.0,)),
     "exp": _Function(1, jnp.exp, (0.0,)),
     "log": _Function(1, jnp.log, (1.0,)),
@@ -492,6 +498,7 @@ BUILTIN_FUNCTIONS: dict[str, _Function] = {
     "select": _Function(3, lambda c, a, b: jnp.where(c != 0, a, b)),
 }
 """Lepton's operators and built-in functions: name -> arity, implementation, safe arguments."""
+_POWER = BUILTIN_FUNCTIONS["^"]
 
 
 def _arity(fn: Callable) -> int | None:
@@ -536,13 +543,13 @@ class _Evaluator:
             taken, other = (self(arg, m) for arg, m in zip(node.args[1:], masks))
             return jnp.where(condition, taken, other)
         args = [self(arg, mask) for arg in node.args]
-        safe = fn.safe
-        if node.function == "^" and fn is BUILTIN_FUNCTIONS["^"] and isinstance(node.args[1], Number):
-            k = node.args[1].value
+        exponent = node.args[-1]
+        if node.function == "^" and isinstance(exponent, Number) and fn is _POWER:
+            k = exponent.value
             if abs(k) < 2**31 and k == int(k):  # Lepton: integer powers by multiplication
-                impl = lambda x, _: jax.lax.integer_pow(x, int(k))  # noqa: E731
+                impl = lambda x, _: jax.lax.integer_pow(x, int(k))
                 return self.guarded(impl, args, (1.0 if k < 0 else None, None), mask)
-        return self.guarded(fn.impl, args, safe, mask)
+        return self.guarded(fn.impl, args, fn.safe, mask)
 
     @staticmethod
     def guarded(impl, args, safe, mask) -> Array:
@@ -563,12 +570,13 @@ def _function_table(functions: Mapping[str, Callable] | None) -> dict[str, _Func
 
 
 def _check(tree: Expr, variables: Sequence[str], table: Mapping[str, _Function], source: str):
-    known_functions = ", ".join(sorted(n for n in table if n not in _OPERATORS and n != "neg"))
+    known_functions = ", ".join(sorted(n for n in table if n not in _OPERATORS))
     for node in _walk(tree):
         if isinstance(node, Name) and node.name not in variables:
             raise ExpressionError(
-                f"unknown variable {node.name!r}; known variables: {', '.join(variables) or '(none)'}"
-                " (pass it in `variables`, or define it with '; name = ...')",
+                f"unknown variable {node.name!r}; known variables: "
+                f"{', '.join(variables) or '(none)'} (pass it in `variables`, or define it with "
+                "'; name = ...')",
                 source,
             )
         if isinstance(node, Call):
@@ -612,6 +620,8 @@ def compile_expression(
       ``expression_fn(**values) -> Array``: values broadcast against each other; the result has
       their broadcast shape and is pure jnp (jit/grad/vmap safe; new values never retrace).
       Every used variable must be passed; a declared but unused one may be; others raise.
+      The evaluation is wrapped in ``jax.jit`` (one compile per input shapes and dtypes, inlined
+      under an outer jit). Attributes: ``.expression`` (text), ``.variables`` (names used).
 
     Raises:
       ExpressionError: syntax errors, unknown variables or functions, wrong argument counts.
@@ -624,6 +634,12 @@ def compile_expression(
     tree = simplify(tree, keep=tuple(functions or ()))
     used = tuple(v for v in variables if v in free_names(tree))
 
+    @jax.jit
+    def evaluate(arrays: dict[str, Array]) -> Array:
+        result = _Evaluator(table, arrays)(tree)
+        shape = jnp.broadcast_shapes(*(a.shape for a in arrays.values()), jnp.shape(result))
+        return jnp.broadcast_to(jnp.asarray(result), shape)
+
     def expression_fn(**values) -> Array:
         unknown = sorted(set(values) - set(variables))
         missing = [v for v in used if v not in values]
@@ -634,10 +650,7 @@ def compile_expression(
                 f"{[v for v in variables if v not in used]})",
                 source,
             )
-        arrays = {k: _as_float(v) for k, v in values.items()}
-        result = _Evaluator(table, arrays)(tree)
-        shape = jnp.broadcast_shapes(*(a.shape for a in arrays.values()), jnp.shape(result))
-        return jnp.broadcast_to(jnp.asarray(result), shape)
+        return evaluate({k: _as_float(v) for k, v in values.items()})
 
     expression_fn.expression = source
     expression_fn.variables = used
@@ -698,7 +711,8 @@ def _spline_slopes(x, values, axis: int, periodic: bool):
     h = np.diff(x)
     slopes = np.empty_like(y)
     slopes[..., :-1] = np.diff(y, axis=-1) / h - (2.0 * d[..., :-1] + d[..., 1:]) * h / 6.0
-    slopes[..., -1] = (y[..., -1] - y[..., -2]) / h[-1] + (d[..., -2] + 2.0 * d[..., -1]) * h[-1] / 6
+    last = (y[..., -1] - y[..., -2]) / h[-1]
+    slopes[..., -1] = last + (d[..., -2] + 2.0 * d[..., -1]) * h[-1] / 6.0
     return np.moveaxis(slopes, -1, axis)
 
 
@@ -768,30 +782,40 @@ class TabulatedFunction:
     def __call__(self, *args) -> Array:
         if len(args) != self.num_args:
             raise TypeError(f"{self.kind} takes {self.num_args} argument(s), got {len(args)}")
-        args = jnp.broadcast_arrays(*(_as_float(a) for a in args))
-        dtype = jnp.result_type(*args)
-        table = jnp.asarray(self.table, dtype=dtype)
+        args = tuple(jnp.broadcast_arrays(*(_as_float(a) for a in args)))
+        table = jnp.asarray(self.table, dtype=jnp.result_type(*args))
         if not self.grids:
-            index = tuple(_c_round_index(a, n) for a, n in zip(args, self.table.shape))
-            return table[index]
-        inside = jnp.ones(args[0].shape, bool)
-        cells, powers = [], []
-        for t, grid, (low, high) in zip(args, self.grids, self.bounds):
-            if self.periodic:
-                t = _wrap(t, low, high)
-            ok = (t >= low) & (t <= high)
-            inside = inside & ok
-            t = jnp.where(ok, t, low)  # a safe point outside; the result there is 0
-            knots = jnp.asarray(grid, dtype=dtype)
-            cell = jnp.clip(jnp.searchsorted(knots, t, side="right") - 1, 0, len(grid) - 2)
-            local = (t - knots[cell]) / (knots[cell + 1] - knots[cell])
-            cells.append(cell)
-            powers.append(jnp.stack([jnp.ones_like(local), local, local**2, local**3], -1))
-        coefficients = table[tuple(cells)]
-        letters = "pqr"[: self.num_args]
-        spec = f"...{letters}," + ",".join(f"...{c}" for c in letters) + "->..."
-        value = jnp.einsum(spec, coefficients, *powers)
-        return jnp.where(inside, value, jnp.zeros_like(value))
+            return _lookup(table, args)
+        return _interpolate(table, self.grids, args, self.bounds, self.periodic)
+
+
+@jax.jit
+def _lookup(table: Array, args: tuple[Array, ...]) -> Array:
+    """Discrete tables: the entry at the C-rounded, clamped indices."""
+    return table[tuple(_c_round_index(a, n) for a, n in zip(args, table.shape))]
+
+
+@functools.partial(jax.jit, static_argnames=("bounds", "periodic"))
+def _interpolate(table, grids, args, bounds, periodic: bool) -> Array:
+    """Continuous tables: the cubic patch polynomial of the cell holding each point, else 0."""
+    inside = jnp.ones(args[0].shape, bool)
+    cells, powers = [], []
+    for t, knots, (low, high) in zip(args, grids, bounds):
+        if periodic:
+            t = _wrap(t, low, high)
+        ok = (t >= low) & (t <= high)
+        inside = inside & ok
+        t = jnp.where(ok, t, low)  # a safe point outside; the result there is 0
+        knots = knots.astype(t.dtype)
+        cell = jnp.clip(jnp.searchsorted(knots, t, side="right") - 1, 0, len(knots) - 2)
+        local = (t - knots[cell]) / (knots[cell + 1] - knots[cell])
+        cells.append(cell)
+        powers.append(jnp.stack([jnp.ones_like(local), local, local**2, local**3], -1))
+    weights = powers[0]  # tensor product of the per-axis power bases: (..., 4[, 4[, 4]])
+    for k, p in enumerate(powers[1:], start=1):
+        weights = weights[..., None] * jnp.expand_dims(p, tuple(range(-k - 1, -1)))
+    value = jnp.sum(table[tuple(cells)] * weights, axis=tuple(range(-len(args), 0)))
+    return jnp.where(inside, value, jnp.zeros_like(value))
 
 
 def tabulated_function(fn) -> TabulatedFunction:
@@ -813,21 +837,21 @@ def tabulated_function(fn) -> TabulatedFunction:
     import openmm
 
     kind = type(fn).__name__
+    discrete = tuple(getattr(openmm, f"Discrete{n}DFunction") for n in (1, 2, 3))
+    continuous = tuple(getattr(openmm, f"Continuous{n}DFunction") for n in (1, 2, 3))
+    if not isinstance(fn, discrete + continuous):
+        raise TypeError(
+            f"tabulated_function: unsupported {kind}; expected one of "
+            f"{', '.join(c.__name__ for c in continuous + discrete)}"
+        )
     params = list(fn.getFunctionParameters())
     if isinstance(fn, openmm.Discrete1DFunction):
         return TabulatedFunction(kind, 1, np.asarray(params, dtype=float))
-    if isinstance(fn, (openmm.Discrete2DFunction, openmm.Discrete3DFunction)):
+    if isinstance(fn, discrete):
         ndim = len(params) - 1
         sizes, values = params[:ndim], np.asarray(params[ndim], dtype=float)
         table = values.reshape(sizes[::-1]).transpose(tuple(range(ndim))[::-1])
         return TabulatedFunction(kind, ndim, table)
-    continuous = (openmm.Continuous1DFunction, openmm.Continuous2DFunction, openmm.Continuous3DFunction)
-    if not isinstance(fn, continuous):
-        raise TypeError(
-            f"tabulated_function: unsupported {kind}; expected one of "
-            "Continuous1DFunction, Continuous2DFunction, Continuous3DFunction, "
-            "Discrete1DFunction, Discrete2DFunction, Discrete3DFunction"
-        )
     periodic = bool(fn.getPeriodic())
     if isinstance(fn, openmm.Continuous1DFunction):
         values, low, high = params
@@ -854,4 +878,3 @@ def tabulated_function(fn) -> TabulatedFunction:
     coefficients = _patch_coefficients(grids, values, periodic)
     bounds = tuple((float(low), float(high)) for low, high in bounds)
     return TabulatedFunction(kind, len(grids), coefficients, grids, bounds, periodic)
-

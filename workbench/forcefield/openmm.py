@@ -251,6 +251,25 @@ _CONVERTERS = {
     "HarmonicAngleForce": _angles,
     "PeriodicTorsionForce": _torsions,
 }
+_PLUGINS = ("workbench.potentials.cmap", "workbench.forcefield.custom", "workbench.forcefield.gb")
+"""Modules whose ``CONVERTERS`` dict (OpenMM force class -> ``converter(force, space, labels)
+-> (term, params)``) extends the table above; each is imported when present."""
+
+
+def converters() -> dict:
+    """Every OpenMM force class that can be translated, with its converter."""
+    import importlib
+
+    table = dict(_CONVERTERS)
+    for name in _PLUGINS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        table.update(getattr(module, "CONVERTERS", {}))
+    return table
 _SKIPPED = {
     "CMMotionRemover": "CMMotionRemover skipped: workbench integrators handle the centre-of-mass "
                        "motion themselves (velocity Verlet conserves it; Langevin thermostats it)",
@@ -281,6 +300,7 @@ def from_system(system, positions, topology=None, *, forcefield=None) -> ForceFi
     labels = fftypes.atom_types(forcefield, topology) if forcefield is not None and \
         topology is not None else None
     terms, params, index, notes = {}, {}, {}, []
+    table = converters()
     for k, force in enumerate(system.getForces()):
         cls = type(force).__name__
         if cls in _SKIPPED:
@@ -288,12 +308,12 @@ def from_system(system, positions, topology=None, *, forcefield=None) -> ForceFi
             continue
         if cls == "NonbondedForce":
             term, p = _nonbonded(force, space, labels, r)
-        elif cls in _CONVERTERS:
-            term, p = _CONVERTERS[cls](force, space, labels)
+        elif cls in table:
+            term, p = table[cls](force, space, labels)
         else:
             raise UnsupportedForceError(
                 f"force {k} ({cls}) is not supported by workbench.forcefield yet; supported: "
-                f"{sorted([*_CONVERTERS, 'NonbondedForce', *_SKIPPED])}")
+                f"{sorted([*table, 'NonbondedForce', *_SKIPPED])}")
         name = cls if cls not in terms else f"{cls}_{sum(t.startswith(cls) for t in terms) + 1}"
         terms[name], params[name], index[name] = term, p, k
     if not terms:

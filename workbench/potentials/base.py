@@ -82,18 +82,30 @@ class NeighborSpec:
             max(self.capacity_factor, other.capacity_factor), methods.pop() if methods else "auto")
 
 
-def strain_virial(energy_fn: Callable[[Array, Array], Array], positions: Array, box: Array):
+def strain_virial(energy_fn: Callable[[Array, Array], Array], positions: Array, box: Array,
+                  diagonal_only: bool = False):
     """Energy and virial tensor W = -dU/d(strain), (3, 3) kJ/mol, of ``energy_fn(positions,
     box)``: positions and box deformed together, r -> r (1 + e), box -> box (1 + e). For pair
     terms W = sum over pairs r_ij (x) f_ij; the pressure tensor is (sum m v v + W) / V. Exact for
-    any term whose box dependence is explicit (Ewald sums, long-range corrections)."""
+    any term whose box dependence is explicit (Ewald sums, long-range corrections).
+
+    The strain is lower-triangular, so the box keeps OpenMM's reduced form (a along x, b in
+    the xy plane), and W is completed by symmetry (W is symmetric for any energy invariant under
+    rotations). ``diagonal_only``: strain only along the axes and return a diagonal W. Needed for
+    orthorhombic spaces, whose minimum image reads only the box diagonal and so cannot follow a
+    shear; the diagonal is what the pressure and orthorhombic barostats use (a triclinic space
+    gives the full tensor)."""
+    dtype = positions.dtype
 
     def strained(eps):
-        deform = jnp.eye(3, dtype=positions.dtype) + eps
+        deform = jnp.eye(3, dtype=dtype) + (jnp.diag(eps) if diagonal_only else jnp.tril(eps))
         return energy_fn(positions @ deform, box @ deform)
 
-    e, g = jax.value_and_grad(strained)(jnp.zeros((3, 3), positions.dtype))
-    return e, -g
+    e, g = jax.value_and_grad(strained)(jnp.zeros(3 if diagonal_only else (3, 3), dtype))
+    if diagonal_only:
+        return e, -jnp.diag(g)
+    low = jnp.tril(g)
+    return e, -(low + low.T - jnp.diag(jnp.diagonal(g)))
 
 
 class EnergyTerm:
@@ -127,9 +139,11 @@ class EnergyTerm:
 
     def energy_virial(self, positions: Array, params: Any, aux: Any = None,
                       box: Array | None = None) -> tuple[Array, Array]:
-        """Energy (kJ/mol) and virial tensor (3, 3) kJ/mol. Default: :func:`strain_virial`."""
+        """Energy (kJ/mol) and virial tensor (3, 3) kJ/mol. Default: :func:`strain_virial`
+        (diagonal for orthorhombic spaces)."""
         box = self.space.box if box is None else box
-        return strain_virial(lambda r, b: self.energy(r, params, aux, b), positions, box)
+        return strain_virial(lambda r, b: self.energy(r, params, aux, b), positions, box,
+                             diagonal_only=self.space.kind == "periodic")
 
     # ------------------------------------------------------------------ derived, not overridden
     def box_space(self, box: Array | None) -> Space:
