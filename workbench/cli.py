@@ -3,6 +3,8 @@
     workbench lab [JUPYTER-ARGS ...]      JupyterLab on the project's notebooks/ directory
     workbench bench lj [OPTIONS]          Lennard-Jones benchmark against jax-md and OpenMM
     workbench bench panels [ARGS ...]     live-panel benchmark (workbench.bench.panels)
+    workbench compare-openmm PDB --forcefield XML [XML ...] [--nonbonded PME] [--cutoff NM]
+                                          every force-field term against OpenMM Reference
     workbench --version
 
 Benchmark peers (jax-md, OpenMM) and optional benchmark modules are imported only when their
@@ -139,7 +141,33 @@ def build_parser() -> argparse.ArgumentParser:
     lj_parser.set_defaults(handler=_run_bench_lj, subparser=lj_parser)
     panels = bsub.add_parser("panels", add_help=False, help=BENCHMARKS["panels"])
     panels.set_defaults(handler=lambda args, extra: _run_bench_module("panels", extra))
+
+    cmp = sub.add_parser(
+        "compare-openmm", allow_abbrev=False,
+        help="compare every force-field term with OpenMM's Reference platform",
+        description="Load PDB with the force-field XML files the openmm package ships (or your "
+                    "own), evaluate every term in workbench and in OpenMM (float64), print the "
+                    "errors term by term; exit 1 when a term disagrees, 2 when a force is "
+                    "unsupported or the input is bad.")
+    cmp.add_argument("pdb", help="PDB file (with a CRYST1 box for periodic methods)")
+    cmp.add_argument("--forcefield", nargs="+", default=["amber14-all.xml"], metavar="XML",
+                     help="force-field files (default: amber14-all.xml)")
+    cmp.add_argument("--nonbonded", default="NoCutoff",
+                     choices=["NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic", "Ewald", "PME"])
+    cmp.add_argument("--cutoff", type=float, default=1.0, metavar="NM")
+    cmp.add_argument("--tolerance", type=float, default=1e-6,
+                     help="relative energy and RMS force tolerance (default 1e-6)")
+    cmp.add_argument("--pme-tolerance", type=float, default=1e-5,
+                     help="the same for Ewald and PME terms (default 1e-5)")
+    cmp.set_defaults(handler=_run_compare, subparser=cmp)
     return parser
+
+
+def _run_compare(args: argparse.Namespace, extra: list[str]) -> int:
+    from .forcefield import compare
+
+    return compare.main(args.pdb, args.forcefield, args.nonbonded, args.cutoff, args.tolerance,
+                        args.pme_tolerance)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import io as wio
 from . import neighbors as nl
-from . import parallel, xla
+from . import observables, parallel, xla
 from .dynamics import integrators as integ
 from .potentials.base import overflowed
 from .systems import placeholder_topology
@@ -110,6 +110,13 @@ class Simulation:
             atoms = np.nonzero(bad)[0].tolist()
             raise _blowup(0, atoms, None, self.blowup_force, self.blowup_move)
         self.dof = integrator.dof(self.n_atoms)
+        # constrained systems: pressure from rigid groups (the atomic virial lacks the
+        # constraint forces; see observables.group_pressure)
+        cons = getattr(integrator, "constraints", None)
+        self._groups = None
+        if cons is not None:
+            g = observables.rigid_groups(cons, self.n_atoms)
+            self._groups = (jnp.asarray(g), int(g.max()) + 1)
         # Steps between reported frames skip the potential energy (the frame computes it once,
         # with the virial); the block loops of the pair kernels and list builds are split over
         # the CPU devices (workbench.parallel).
@@ -153,7 +160,12 @@ class Simulation:
             w = (self.potential.virial(state.positions, params, state.aux, state.box)
                  if virial is None else virial)
             volume = jnp.abs(jnp.linalg.det(state.box))
-            out["pressure"] = (2.0 * ke + jnp.trace(w)) / (3.0 * volume)
+            if self._groups is None:
+                out["pressure"] = (2.0 * ke + jnp.trace(w)) / (3.0 * volume)
+            else:
+                out["pressure"] = observables.group_pressure(
+                    state.positions, state.velocities, state.forces, state.masses,
+                    *self._groups, w, volume)
         else:
             out["pressure"] = jnp.asarray(jnp.nan, ke.dtype)
         conserved = self.integrator.conserved

@@ -57,14 +57,14 @@ Array = jax.Array
 
 __all__ = [
     "Constraints",
-    "make_constraints",
-    "constraints_from_openmm",
-    "n_constraints",
-    "constrained_dof",
-    "constraint_pairs",
-    "constraint_errors",
     "constrain_positions",
     "constrain_velocities",
+    "constrained_dof",
+    "constraint_errors",
+    "constraint_pairs",
+    "constraints_from_openmm",
+    "make_constraints",
+    "n_constraints",
 ]
 
 # Water constraints in SETTLE order, as (atom slot, atom slot) within (O, H1, H2).
@@ -119,59 +119,82 @@ def _clusters(pairs: np.ndarray) -> np.ndarray:
     return table
 
 
+def _first(mask: np.ndarray) -> int | None:
+    """Index of the first True row of ``mask`` (any over trailing axes), or None."""
+    rows = mask.reshape(len(mask), -1).any(axis=1) if mask.size else mask
+    hits = np.flatnonzero(rows)
+    return int(hits[0]) if hits.size else None
+
+
 def _check_pairs(pairs: np.ndarray, distances: np.ndarray, n_atoms: int | None) -> None:
+    """Shapes, index range, self-constraints, non-positive distances and duplicates."""
     if pairs.ndim != 2 or pairs.shape[1] != 2:
         raise ValueError(f"constraint pairs must have shape (C, 2), got {pairs.shape}")
     if distances.shape != (pairs.shape[0],):
         raise ValueError(
             f"constraint distances must have shape ({pairs.shape[0]},) to match the pairs, "
             f"got {distances.shape}")
-    seen: dict[tuple[int, int], int] = {}
-    for k, ((i, j), d) in enumerate(zip(pairs.tolist(), distances.tolist())):
-        for a in (i, j):
-            if a < 0 or (n_atoms is not None and a >= n_atoms):
-                limit = f"the system has {n_atoms} atoms (indices 0..{n_atoms - 1})" \
-                    if n_atoms is not None else "indices must be >= 0"
-                raise ValueError(f"constraint {k} joins atoms {i} and {j}, but {limit}")
-        if i == j:
-            raise ValueError(f"constraint {k} joins atom {i} to itself")
-        if not np.isfinite(d) or d <= 0:
+    upper = np.inf if n_atoms is None else n_atoms
+    if (k := _first((pairs < 0) | (pairs >= upper))) is not None:
+        limit = "indices must be >= 0" if n_atoms is None else \
+            f"the system has {n_atoms} atoms (indices 0..{n_atoms - 1})"
+        raise ValueError(f"constraint {k} joins atoms {pairs[k, 0]} and {pairs[k, 1]}, but {limit}")
+    if (k := _first(pairs[:, 0] == pairs[:, 1])) is not None:
+        raise ValueError(f"constraint {k} joins atom {pairs[k, 0]} to itself")
+    if (k := _first(~(np.isfinite(distances) & (distances > 0)))) is not None:
+        raise ValueError(f"constraint {k} (atoms {pairs[k, 0]}-{pairs[k, 1]}) has distance "
+                         f"{distances[k]} nm; distances must be > 0")
+    if len(pairs):
+        key = np.sort(pairs, axis=1)
+        _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        if (k := _first(first[inverse.reshape(-1)] != np.arange(len(pairs)))) is not None:
             raise ValueError(
-                f"constraint {k} (atoms {i}-{j}) has distance {d} nm; distances must be > 0")
-        key = (min(i, j), max(i, j))
-        if key in seen:
-            raise ValueError(
-                f"constraints {seen[key]} and {k} both join atoms {i} and {j}; remove the "
-                "duplicate (it makes the constraint equations singular)")
-        seen[key] = k
+                f"constraints {first[inverse.reshape(-1)[k]]} and {k} both join atoms "
+                f"{pairs[k, 0]} and {pairs[k, 1]}; remove the duplicate (it makes the "
+                "constraint equations singular)")
 
 
 def _check_waters(waters, oh, hh, pairs, n_atoms) -> None:
+    """Shapes, index range, and whether SETTLE can solve each water: three distinct atoms
+    in no other constraint, and a real triangle (d_HH < 2 d_OH)."""
     if waters.ndim != 2 or waters.shape[1] != 3:
         raise ValueError(f"waters must have shape (W, 3) as (O, H1, H2), got {waters.shape}")
-    owner = {}
-    for k, (i, j) in enumerate(pairs.tolist()):
-        owner.setdefault(i, f"constraint {k} (atoms {i}-{j})")
-        owner.setdefault(j, f"constraint {k} (atoms {i}-{j})")
-    for w, (o, h1, h2) in enumerate(waters.tolist()):
-        name = f"water {w} (atoms O={o}, H={h1}, H={h2})"
-        if len({o, h1, h2}) != 3:
-            raise ValueError(f"SETTLE cannot handle {name}: an atom appears twice")
-        for a in (o, h1, h2):
-            if a < 0 or (n_atoms is not None and a >= n_atoms):
-                raise ValueError(f"{name} has atom index {a} outside the system of {n_atoms} atoms")
-            if a in owner:
-                raise ValueError(
-                    f"SETTLE cannot handle {name}: atom {a} is also in {owner[a]}; a SETTLE "
-                    "water must be an isolated rigid triangle. Pass its three distances as pair "
-                    "constraints instead.")
-            owner[a] = name
-        if not (np.isfinite(oh[w]) and np.isfinite(hh[w]) and oh[w] > 0 and hh[w] > 0):
-            raise ValueError(f"{name} has d_OH={oh[w]} nm, d_HH={hh[w]} nm; both must be > 0")
-        if hh[w] >= 2 * oh[w]:
-            raise ValueError(
-                f"SETTLE cannot handle {name}: d_HH={hh[w]} nm >= 2 d_OH={2 * oh[w]} nm is not "
-                "a triangle")
+
+    def name(w):
+        o, h1, h2 = waters[w].tolist()
+        return f"water {w} (atoms O={o}, H={h1}, H={h2})"
+
+    upper = np.inf if n_atoms is None else n_atoms
+    if (w := _first((waters < 0) | (waters >= upper))) is not None:
+        raise ValueError(f"{name(w)} has an atom index outside the system of {n_atoms} atoms")
+    repeated = (waters[:, 0] == waters[:, 1]) | (waters[:, 0] == waters[:, 2]) | \
+        (waters[:, 1] == waters[:, 2])
+    if (w := _first(repeated)) is not None:
+        raise ValueError(f"SETTLE cannot handle {name(w)}: an atom appears twice")
+    # Atoms of a water that appear anywhere else (another water or a pair constraint).
+    everything = np.concatenate([waters.reshape(-1), pairs.reshape(-1)])
+    counts = np.bincount(everything, minlength=1) if everything.size else np.zeros(1, int)
+    if (w := _first(counts[waters] > 1)) is not None:
+        atom = int(waters[w][counts[waters[w]] > 1][0])
+        if (k := _first(pairs == atom)) is not None:
+            other = f"constraint {k} (atoms {pairs[k, 0]}-{pairs[k, 1]})"
+        else:
+            other = name(next(v for v in np.flatnonzero((waters == atom).any(1)) if v != w))
+        raise ValueError(
+            f"SETTLE cannot handle {name(w)}: atom {atom} is also in {other}; a SETTLE water "
+            "must be an isolated rigid triangle. Pass its three distances as pair constraints "
+            "instead.")
+    if (w := _first(~(np.isfinite(oh) & np.isfinite(hh) & (oh > 0) & (hh > 0)))) is not None:
+        raise ValueError(f"{name(w)} has d_OH={oh[w]} nm, d_HH={hh[w]} nm; both must be > 0")
+    if (w := _first(hh >= 2 * oh)) is not None:
+        raise ValueError(f"SETTLE cannot handle {name(w)}: d_HH={hh[w]} nm >= "
+                         f"2 d_OH={2 * oh[w]} nm is not a triangle")
+
+
+def _index_array(x, width: int) -> np.ndarray:
+    """Integer index array; an empty input becomes shape (0, width)."""
+    x = np.asarray(x)
+    return np.zeros((0, width), np.int64) if x.size == 0 else x.astype(np.int64)
 
 
 def make_constraints(pairs=(), distances=(), *, waters=(), d_oh=None, d_hh=None,
@@ -187,18 +210,16 @@ def make_constraints(pairs=(), distances=(), *, waters=(), d_oh=None, d_hh=None,
     Raises ValueError naming the atoms for out-of-range or repeated indices, non-positive
     distances, duplicates, and waters that SETTLE cannot solve.
     """
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2) if np.size(pairs) == 0 \
-        else np.asarray(pairs, dtype=np.int64)
+    pairs = _index_array(pairs, 2)
     distances = np.asarray(distances, dtype=np.float64).reshape(-1)
     _check_pairs(pairs, distances, n_atoms)
-    waters = np.asarray(waters, dtype=np.int64).reshape(-1, 3) if np.size(waters) == 0 \
-        else np.asarray(waters, dtype=np.int64)
-    n_w = waters.shape[0] if waters.ndim == 2 else -1
-    if n_w > 0 and (d_oh is None or d_hh is None):
+    waters = _index_array(waters, 3)
+    n_w = waters.shape[0] if waters.ndim == 2 else 0
+    if n_w and (d_oh is None or d_hh is None):
         raise ValueError("waters need their geometry: pass d_oh and d_hh in nm "
                          "(TIP3P: d_oh=0.09572, d_hh=0.15139)")
-    oh = np.broadcast_to(np.asarray(0.1 if d_oh is None else d_oh, np.float64), (max(n_w, 0),))
-    hh = np.broadcast_to(np.asarray(0.1 if d_hh is None else d_hh, np.float64), (max(n_w, 0),))
+    oh = np.broadcast_to(np.asarray(1.0 if d_oh is None else d_oh, np.float64), (n_w,))
+    hh = np.broadcast_to(np.asarray(1.0 if d_hh is None else d_hh, np.float64), (n_w,))
     _check_waters(waters, oh, hh, pairs, n_atoms)
     ftype = dtype or jnp.result_type(float)
     return Constraints(
@@ -360,7 +381,7 @@ def _coupling(i, j, weight, valid):
     """(B, K, K) matrix c_kl = w_ik (δ(i_k,i_l) - δ(i_k,j_l)) - w_jk (δ(j_k,i_l) - δ(j_k,j_l)):
     how a multiplier on constraint l moves bond vector k per unit of s_l. Padding slots get
     an identity row/column. weight: (N,) (1/m for the mass coupling)."""
-    eq = lambda a, b: (a[..., :, None] == b[..., None, :]).astype(weight.dtype)  # noqa: E731
+    eq = lambda a, b: (a[..., :, None] == b[..., None, :]).astype(weight.dtype)
     wi, wj = weight[i][..., :, None], weight[j][..., :, None]
     m = wi * (eq(i, i) - eq(i, j)) - wj * (eq(j, i) - eq(j, j))
     both = valid[..., :, None] & valid[..., None, :]
@@ -401,7 +422,7 @@ def _solve(a, b):
 
 def _implicit_tangent(lam, primals, tangents):
     """Implicit-function theorem: dlam = -(dF/dlam)^-1 (dF/dtheta . dtheta) at F(lam) = 0."""
-    resid = lambda *theta: _residual(lam, *theta)[0]  # noqa: E731  (lam: primal, no tangent)
+    resid = lambda *theta: _residual(lam, *theta)[0]
     _, dF = jax.jvp(resid, primals, tangents)
     _, r = _residual(lam, *primals)
     return -_solve(_jacobian(r, primals[1], primals[2]), dF)
@@ -443,7 +464,7 @@ def _settle(r0, s, d2, m):
     solution. r0, s: (W, 3, 3) new and reference bond vectors in the order O-H1, O-H2, H1-H2
     (x_i - x_j); d2: (W, 3) squared lengths; m: (W, 3) masses (O, H1, H2). Exact when the
     hydrogen masses are equal; otherwise a close starting guess for Newton's method."""
-    unit = lambda v: v / jnp.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    unit = lambda v: v / jnp.linalg.norm(v, axis=-1, keepdims=True)
     b0, c0 = -s[:, 0], -s[:, 1]  # reference H positions relative to reference O
     b1, c1 = -r0[:, 0], -r0[:, 1]  # new H positions relative to new O
     m_o, m_h1, m_h2 = m[:, 0:1], m[:, 1:2], m[:, 2:3]
@@ -454,7 +475,7 @@ def _settle(r0, s, d2, m):
     ez = unit(jnp.cross(b0, c0))
     ex = unit(jnp.cross(a1, ez))
     frame = jnp.stack([ex, jnp.cross(ez, ex), ez], axis=1)  # rows are the axes
-    loc = lambda v: jnp.einsum("wij,wj->wi", frame, v)  # noqa: E731
+    loc = lambda v: jnp.einsum("wij,wj->wi", frame, v)
     (xb0, yb0, _), (xc0, yc0, _) = loc(b0).T, loc(c0).T
     za1 = loc(a1)[:, 2]
     xb1, yb1, zb1 = loc(b1).T
@@ -486,7 +507,7 @@ def _settle(r0, s, d2, m):
     a3 = jnp.stack([-ya2 * sin_t, ya2 * cos_t, za1], axis=-1)
     b3 = jnp.stack([xb2 * cos_t - yb2 * sin_t, xb2 * sin_t + yb2 * cos_t, zb1], axis=-1)
     c3 = jnp.stack([-xb2 * cos_t - yc2 * sin_t, -xb2 * sin_t + yc2 * cos_t, zc1], axis=-1)
-    lab = lambda v: jnp.einsum("wji,wj->wi", frame, v)  # noqa: E731
+    lab = lambda v: jnp.einsum("wji,wj->wi", frame, v)
     disp = jnp.stack([lab(a3) - a1, lab(b3) - b1, lab(c3) - c1], axis=1)  # (W, atom, 3)
     # Multipliers from M disp = G(ref)^T lam (least squares; exact for a SETTLE solution).
     p = m[..., None] * disp

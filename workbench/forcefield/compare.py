@@ -95,3 +95,34 @@ def format_table(rows: list[TermComparison]) -> str:
         lines.append(f"{c.name:<28}{c.energy:>18.8f}{c.energy_openmm:>18.8f}"
                      f"{c.energy_error:>12.2e}{c.force_error:>12.2e}  {'yes' if c.ok else 'NO'}")
     return "\n".join(lines)
+
+
+def main(pdb: str, forcefield: list[str], nonbonded: str = "NoCutoff", cutoff: float = 1.0,
+         tolerance: float = 1e-6, pme_tolerance: float = 1e-5, platform: str = "Reference",
+         out=None) -> int:
+    """``workbench compare-openmm``: load ``pdb`` with ``forcefield`` files, print the table,
+    return 0 when every term agrees within tolerance, 1 when one does not, 2 for unsupported
+    forces or bad input (with the reason printed)."""
+    import sys
+
+    from .openmm import ForceFieldError, UnsupportedForceError, load
+
+    out = out or sys.stdout
+    jax.config.update("jax_enable_x64", True)
+    try:
+        system = load(pdb, forcefield, nonbonded_method=nonbonded, cutoff=cutoff)
+    except (ForceFieldError, UnsupportedForceError) as e:
+        print(f"compare-openmm: {type(e).__name__}: {e}", file=out)
+        return 2
+    rows = compare(system, platform=platform, tolerance=tolerance, pme_tolerance=pme_tolerance)
+    print(f"{pdb}: {system.n_atoms} atoms, {nonbonded}, force fields {' '.join(forcefield)}",
+          file=out)
+    print(format_table(rows), file=out)
+    for note in system.notes:
+        print(f"note: {note}", file=out)
+    bad = [c.name for c in rows if not c.ok]
+    if bad:
+        print(f"compare-openmm: {len(bad)} term(s) disagree beyond tolerance: {bad}", file=out)
+        return 1
+    print(f"compare-openmm: all {len(rows)} terms agree", file=out)
+    return 0

@@ -86,6 +86,15 @@ class ForceFieldSystem:
             return placeholder_topology(self.n_atoms)
         return md.Topology.from_openmm(self.topology)
 
+    def constraints(self):
+        """The System's constraints as a :class:`~workbench.dynamics.constraints.Constraints`
+        (rigid waters to SETTLE, the rest to the iterative solver), or None when it has none."""
+        if self.system is None or self.system.getNumConstraints() == 0:
+            return None
+        from ..dynamics.constraints import constraints_from_openmm
+
+        return constraints_from_openmm(self.system)
+
     def term_energies(self, positions=None, params=None) -> dict[str, float]:
         """Energy of each term (kJ/mol) at ``positions`` (default: the start structure)."""
         r = jnp.asarray(self.positions if positions is None else positions)
