@@ -173,28 +173,49 @@ class Nonbonded(EnergyTerm):
     # ------------------------------------------------------------------ pair physics
     def _pair_energy(self, r2, qq, sig, eps, dtype):
         """Energy of pairs (any shape) in the normal sum, zero beyond the cutoff."""
+        return self._pair_terms(r2, qq, sig, eps, dtype, forces=False)
+
+    def _pair_terms(self, r2, qq, sig, eps, dtype, forces: bool):
+        """Pair energies, and with ``forces`` also -dU/dr / r (so the force on i from j is that
+        times r_ij), written out by hand: the inner loop of every step (about 2x faster than
+        differentiating the energy with ``jvp``; the two are compared in the tests)."""
         rc = self.pair_cutoff
         inside = r2 < rc * rc
         r2 = jnp.where(inside, r2, 0.25 * rc * rc)
         inv_r2 = 1.0 / r2
+        inv_r = jnp.sqrt(inv_r2)
         s6 = (sig * sig * inv_r2) ** 3
         lj = 4.0 * eps * s6 * (s6 - 1.0)
+        f_lj = 24.0 * eps * s6 * (2.0 * s6 - 1.0) * inv_r2
         if self.switch_distance is not None:
-            r = jnp.sqrt(r2)
-            x = jnp.clip((r - self.switch_distance) / (rc - self.switch_distance), 0.0, 1.0)
-            lj = lj * (1.0 + x**3 * (-10.0 + x * (15.0 - 6.0 * x)))
-        k = units.ONE_4PI_EPS0
+            width = rc - self.switch_distance
+            r = r2 * inv_r
+            x = jnp.clip((r - self.switch_distance) / width, 0.0, 1.0)
+            sw = 1.0 + x**3 * (-10.0 + x * (15.0 - 6.0 * x))
+            dsw = x * x * (-30.0 + x * (60.0 - 30.0 * x)) / width
+            f_lj = f_lj * sw - lj * dsw * inv_r
+            lj = lj * sw
+        kqq = units.ONE_4PI_EPS0 * qq
         if self.method == "NoCutoff":
-            coul = k * qq * jnp.sqrt(inv_r2)
+            coul = kqq * inv_r
+            f_coul = coul * inv_r2
         elif self.method in ("CutoffNonPeriodic", "CutoffPeriodic"):
             e = self.reaction_field_dielectric
             krf = (e - 1.0) / ((2.0 * e + 1.0) * rc**3)
             crf = 3.0 * e / ((2.0 * e + 1.0) * rc)
-            coul = k * qq * (jnp.sqrt(inv_r2) + krf * r2 - crf)
+            coul = kqq * (inv_r + krf * r2 - crf)
+            f_coul = kqq * (inv_r * inv_r2 - 2.0 * krf)
         else:
-            r = jnp.sqrt(r2)
-            coul = k * qq * jax.scipy.special.erfc(self.ewald_alpha * r) / r
-        return jnp.where(inside, lj + coul, jnp.zeros((), dtype))
+            a = self.ewald_alpha
+            ar = a * r2 * inv_r
+            erfc = jax.scipy.special.erfc(ar)
+            coul = kqq * erfc * inv_r
+            f_coul = kqq * (erfc * inv_r + (2.0 * a / np.sqrt(np.pi)) * jnp.exp(-ar * ar)) * inv_r2
+        zero = jnp.zeros((), dtype)
+        energy = jnp.where(inside, lj + coul, zero)
+        if not forces:
+            return energy
+        return energy, jnp.where(inside, f_lj + f_coul, zero)
 
     def _atoms(self, params):
         pp = self.particle_params(params)
@@ -202,13 +223,12 @@ class Nonbonded(EnergyTerm):
 
     def _pair_block(self, forces: bool):
         def per_block(dx, dy, dz, r2, ai, aj, _):
-            def u(r2):
-                return self._pair_energy(r2, ai["q"] * aj["q"], ai["s"] + aj["s"], ai["e"] * aj["e"],
-                                         dx.dtype)
+            out = self._pair_terms(r2, ai["q"] * aj["q"], ai["s"] + aj["s"], ai["e"] * aj["e"],
+                                   dx.dtype, forces)
             if not forces:
-                return 0.5 * jnp.sum(u(r2))
-            e, du = jax.jvp(u, (r2,), (jnp.ones_like(r2),))
-            return 0.5 * jnp.sum(e), row_forces(-2.0 * du, dx, dy, dz)
+                return 0.5 * jnp.sum(out)
+            e, f_over_r = out
+            return 0.5 * jnp.sum(e), row_forces(f_over_r, dx, dy, dz)
         return per_block
 
     def _pair_sum(self, positions, params, aux, space, forces: bool):
