@@ -238,10 +238,10 @@ def test_lj_fluid_matches_jzg_equation_of_state(T, rho, seed):
     sim.run(2000, progress=False)
     out = sim.run(10000, progress=False)
     # Configurational pressure: the logged pressure minus its kinetic part 2 KE / 3V.
-    virial_p = out["pressure"] - rho * out["temperature"]
+    virial_p = out["pressure"] - rho * out["kT"]
     u, u_err = block_average(out["potential"] / n + e_tail / n)
     p, p_err = block_average(rho * T + virial_p + p_tail)
-    t, t_err = block_average(out["temperature"])
+    t, t_err = block_average(out["kT"])
     u_ref, p_ref = jzg_energy(T, rho), jzg_pressure(T, rho)
     print(
         f"T={T} rho={rho}: kT {t:.4f} +- {t_err:.4f}; U/N {u:.4f} +- {u_err:.4f} "

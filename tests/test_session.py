@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from workbench.session import ChunkRecord, FrameBatch, Session, _describe, _with_values
+from workbench.session import ChunkRecord, FrameBatch, Session
+from workbench.session.params import describe as _describe
+from workbench.session.params import with_values as _with_values
 from workbench.simulate import BlowupError
 
 

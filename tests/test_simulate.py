@@ -116,7 +116,7 @@ def test_thermo_log_rows(fluid, tmp_path):
     np.testing.assert_array_equal(out["step"], REPORT * np.arange(1, 13))
     np.testing.assert_allclose(out["time"], 0.005 * out["step"])
     np.testing.assert_allclose(out["total"], out["potential"] + out["kinetic"], rtol=1e-12)
-    np.testing.assert_allclose(out["temperature"], 2 * out["kinetic"] / (3 * 256), rtol=1e-12)
+    np.testing.assert_allclose(out["kT"], 2 * out["kinetic"] / (3 * 256), rtol=1e-12)
     assert np.all(np.isnan(out["conserved"]))  # Langevin conserves nothing
     # The logged potential is the energy of the written frame (independent evaluation).
     pot = fluid.potential
@@ -378,7 +378,7 @@ print(json.dumps({
     "thermo": sorted({str(v.dtype) for k, v in frames[0].thermo.items()
                       if k not in ("step", "time")}),
     "finite": bool(np.all(np.isfinite(out["potential"]))), "n": len(out["step"]),
-    "temperature": float(out["temperature"][-1]),
+    "temperature": float(out["kT"][-1]),
 }))
 """
 

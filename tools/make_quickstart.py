@@ -48,11 +48,11 @@ cells = [
         "ax[0].plot(t, thermo['potential'] / N_ATOMS, label='potential')\n"
         "ax[0].plot(t, thermo['total'] / N_ATOMS, label='total')\n"
         "ax[0].set_xlabel('time (reduced)'); ax[0].set_ylabel('energy per atom'); ax[0].legend()\n"
-        "ax[1].plot(t, thermo['temperature']); ax[1].axhline(KT, color='k', ls='--', label='set kT')\n"
+        "ax[1].plot(t, thermo['kT']); ax[1].axhline(KT, color='k', ls='--', label='set kT')\n"
         "ax[1].set_xlabel('time (reduced)'); ax[1].set_ylabel('kT'); ax[1].legend()\n"
         "plt.tight_layout()\n"
         "half = len(t) // 2\n"
-        "print(f\"<kT> = {thermo['temperature'][half:].mean():.3f} (set {KT}), \"\n"
+        "print(f\"<kT> = {thermo['kT'][half:].mean():.3f} (set {KT}), \"\n"
         "      f\"<P> = {thermo['pressure'][half:].mean():.3f} (virial, no tail correction)\")"
     ),
     nbf.v4.new_markdown_cell("## Radial distribution function"),

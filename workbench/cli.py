@@ -3,6 +3,7 @@
     workbench lab [JUPYTER-ARGS ...]      JupyterLab on the project's notebooks/ directory
     workbench bench lj [OPTIONS]          Lennard-Jones benchmark against jax-md and OpenMM
     workbench bench panels [ARGS ...]     live-panel benchmark (workbench.bench.panels)
+    workbench bench peptide [ARGS ...]    alanine dipeptide (PME, OBC2) against OpenMM-CPU
     workbench compare-openmm PDB --forcefield XML [XML ...] [--nonbonded PME] [--cutoff NM]
                                           every force-field term against OpenMM Reference
     workbench --version
@@ -141,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     lj_parser.set_defaults(handler=_run_bench_lj, subparser=lj_parser)
     panels = bsub.add_parser("panels", add_help=False, help=BENCHMARKS["panels"])
     panels.set_defaults(handler=lambda args, extra: _run_bench_module("panels", extra))
+    peptide = bsub.add_parser("peptide", add_help=False, help=BENCHMARKS["peptide"])
+    peptide.set_defaults(handler=lambda args, extra: _run_bench_module("peptide", extra))
 
     cmp = sub.add_parser(
         "compare-openmm", allow_abbrev=False,
@@ -179,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
-    if extra and handler not in (_run_lab,) and getattr(args, "benchmark", None) != "panels":
+    if extra and handler not in (_run_lab,) and getattr(args, "benchmark", None) not in (
+            "panels", "peptide"):
         getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     return int(handler(args, extra) or 0)
 

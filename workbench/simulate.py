@@ -45,7 +45,10 @@ INTEGRATORS = {
     "brownian": integ.brownian,
 }
 
-LOG_COLUMNS = ["step", "time", "potential", "kinetic", "total", "temperature", "pressure",
+CONSTRAINED = (integ.velocity_verlet, integ.langevin)
+"""Integrator factories that take ``constraints``."""
+
+LOG_COLUMNS = ["step", "time", "potential", "kinetic", "total", "kT", "pressure",
                "conserved"]
 
 
@@ -80,17 +83,27 @@ class Simulation:
     report_interval: steps between reported frames; frames_per_chunk: frames per compiled chunk
       (both structural). topology: mdtraj topology for trajectory files (optional).
     blowup_force: a force above this (kJ/mol/nm) counts as a blow-up; so does a move longer
-      than ``blowup_move`` (nm) in one step.
+      than ``blowup_move`` (nm) in one step. constraints: a
+      :class:`~workbench.dynamics.constraints.Constraints` for an integrator given by name
+      (``ForceFieldSystem.constraints()``). box: start box (3, 3) nm (default: the potential's).
     """
 
     def __init__(self, potential, params, integrator, settings, positions, *, masses=1.0,
                  seed: int = 0, velocities=None, report_interval: int = 100,
                  frames_per_chunk: int = 1, topology=None, blowup_force: float = 1e8,
-                 blowup_move: float = 1.0):
+                 blowup_move: float = 1.0, constraints=None, box=None):
         if isinstance(integrator, str):
             if integrator not in INTEGRATORS:
                 raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(INTEGRATORS)}")
-            integrator = INTEGRATORS[integrator](potential)
+            factory = INTEGRATORS[integrator]
+            if constraints is not None and factory not in CONSTRAINED:
+                raise ValueError(f"integrator {integrator!r} does not support constraints; use "
+                                 "'langevin' or 'velocity_verlet'")
+            integrator = factory(potential) if constraints is None else \
+                factory(potential, constraints)
+        elif constraints is not None and integrator.constraints is not constraints:
+            raise ValueError("pass constraints to the integrator factory (e.g. "
+                             "langevin(potential, constraints)) or give the integrator by name")
         if report_interval < 1 or frames_per_chunk < 1:
             raise ValueError("report_interval and frames_per_chunk must be >= 1")
         self.potential, self.integrator = potential, integrator
@@ -102,7 +115,7 @@ class Simulation:
         self.time = 0.0  # ps, accumulated chunk by chunk with each chunk's own dt
         self.seed = seed
         self.state = integrator.init(jax.random.PRNGKey(seed), positions, params, self.settings,
-                                     masses=masses, velocities=velocities)
+                                     masses=masses, velocities=velocities, box=box)
         self.n_atoms = self.state.positions.shape[0]
         f2 = np.sum(np.asarray(self.state.forces, dtype=float) ** 2, axis=-1)
         bad = ~(np.isfinite(f2) & (f2 < self.blowup_force**2))
@@ -154,7 +167,7 @@ class Simulation:
             "potential": state.potential_energy,
             "kinetic": ke,
             "total": state.potential_energy + ke,
-            "temperature": 2.0 * ke / self.dof,
+            "kT": 2.0 * ke / self.dof,
         }
         if self.potential.space.periodic:
             w = (self.potential.virial(state.positions, params, state.aux, state.box)

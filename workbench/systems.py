@@ -35,6 +35,10 @@ class System:
     def n_atoms(self) -> int:
         return int(self.positions.shape[0])
 
+    def constraints(self):
+        """Distance constraints (None: these systems have none)."""
+        return None
+
     def mdtraj_topology(self):
         """One residue per atom, all of ``element`` (mdtraj is imported lazily)."""
         return placeholder_topology(self.n_atoms, self.element, self.name)

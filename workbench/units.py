@@ -24,3 +24,19 @@ two unit charges 1 nm apart have 138.935... kJ/mol."""
 
 KCAL = 4.184
 """1 kcal in kJ."""
+
+LABELS = {
+    "molecular": {"energy": "kJ/mol", "length": "nm", "time": "ps", "1/length": "1/nm",
+                  "1/time": "1/ps"},
+    "reduced": {"energy": "ε", "length": "σ", "time": "τ", "1/length": "1/σ", "1/time": "1/τ"},
+}
+"""Axis labels by dimension for the two unit systems workbench uses (OpenMM's molecular units
+and reduced Lennard-Jones units)."""
+
+REDUCED_LABELS = {
+    "kJ/mol": "ε", "nm": "σ", "ps": "τ", "1/nm": "1/σ", "1/ps": "1/τ", "kJ/mol/nm^2": "ε/σ²",
+    "kJ/mol/nm^3": "ε/σ³", "amu": "m",
+}
+"""A molecular unit label -> its reduced-unit label (energies in epsilon, lengths in sigma,
+times in tau, masses in m). Labels of energy terms and settings are declared once, in molecular
+units (``EnergyTerm.param_units``, ``integrators.SETTING_UNITS``), and translated here."""

@@ -341,6 +341,8 @@ def _concrete(*xs):
 
 
 def _check_inputs(arrays: dict, masses, c: Constraints) -> None:
+    """Shapes always; masses > 0 and the constraints' validity when the values are concrete
+    (eager calls; inside jit they were checked by :func:`make_constraints`)."""
     n = masses.shape[-1] if masses.ndim else None
     for name, x in arrays.items():
         if x.ndim != 2 or x.shape[-1] != 3:
@@ -537,7 +539,7 @@ def constrain_positions(reference: Array, positions: Array, masses: Array, c: Co
     _check_inputs({"reference": reference, "positions": positions}, masses, c)
     dtype = positions.dtype
     tol = jnp.asarray(tol, dtype)
-    invm = 1.0 / masses
+    invm = (1.0 / masses).astype(dtype)
     out = positions
     for kind, i, j, valid, d in _groups(c):
         r0 = _bond_vectors(positions, i, j, valid)
@@ -547,7 +549,7 @@ def constrain_positions(reference: Array, positions: Array, masses: Array, c: Co
         if kind == "pairs":
             lam0 = jnp.zeros(d2.shape, dtype)
         else:  # SETTLE's closed form, refined by Newton only if it is off (unequal H masses)
-            lam0 = jax.lax.stop_gradient(_settle(r0, s, d2, masses[c.waters]))
+            lam0 = jax.lax.stop_gradient(_settle(r0, s, d2, masses[c.waters].astype(dtype)))
         lam = _multipliers(int(max_iter), r0, s, coup, d2, tol, lam0)
         out = _scatter(out, invm, i, j, valid, lam, s)
     return out
@@ -565,7 +567,7 @@ def constrain_velocities(positions: Array, velocities: Array, masses: Array,
     positions, velocities, masses = jnp.asarray(positions), jnp.asarray(velocities), \
         jnp.asarray(masses)
     _check_inputs({"positions": positions, "velocities": velocities}, masses, c)
-    invm = 1.0 / masses
+    invm = (1.0 / masses).astype(velocities.dtype)
     out = velocities
     for _, i, j, valid, _ in _groups(c):
         r = _bond_vectors(positions, i, j, valid)

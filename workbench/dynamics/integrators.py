@@ -35,6 +35,7 @@ Array = jax.Array
 __all__ = [
     "MDState",
     "Integrator",
+    "SETTING_UNITS",
     "VerletSettings",
     "LangevinSettings",
     "NoseHooverSettings",
@@ -76,6 +77,10 @@ class MDState:
     key: Array
     step: Array
     chain: ChainState | None = None
+
+
+SETTING_UNITS = {"dt": "ps", "kT": "kJ/mol", "gamma": "1/ps", "tau": "ps"}
+"""Unit of each integrator setting (molecular units)."""
 
 
 @jax.tree_util.register_dataclass

@@ -29,7 +29,8 @@ from ..potentials.nonbonded import METHODS, Nonbonded
 from . import fftypes
 
 __all__ = [
-    "ForceFieldSystem", "UnsupportedForceError", "ForceFieldError", "from_system", "load",
+    "ForceFieldSystem", "UnsupportedForceError", "ForceFieldError", "from_system", "from_topology",
+    "load",
     "NONBONDED_METHODS",
 ]
 
@@ -85,6 +86,25 @@ class ForceFieldSystem:
 
             return placeholder_topology(self.n_atoms)
         return md.Topology.from_openmm(self.topology)
+
+    def type_names(self, term: str, param: str) -> tuple[str, ...]:
+        """Force-field type of each entry of ``params[term][param]`` (e.g. the torsion types of
+        ``PeriodicTorsionForce.k``, the residue-atom charge types of ``NonbondedForce.charge``)."""
+        t = self.potential.terms[term]
+        if isinstance(t, Nonbonded):
+            if param == "charge":
+                return tuple(t.charge_type_names)
+            if param in ("sigma", "epsilon"):
+                return tuple(t.lj_type_names)
+            raise KeyError(f"{term}.{param} is not a per-type parameter")
+        return tuple(t.type_names)
+
+    def find_types(self, term: str, param: str, contains: str) -> dict[str, str]:
+        """Parameters whose type name contains ``contains``: {flat name: type name}, with flat
+        names as :class:`~workbench.session.Session` and the parameter panel use them
+        (``"PeriodicTorsionForce.k[12]"``)."""
+        names = self.type_names(term, param)
+        return {f"{term}.{param}[{i}]": n for i, n in enumerate(names) if contains in n}
 
     def constraints(self):
         """The System's constraints as a :class:`~workbench.dynamics.constraints.Constraints`
@@ -338,12 +358,30 @@ def from_system(system, positions, topology=None, *, forcefield=None) -> ForceFi
         np.asarray(pairs, np.int32).reshape(-1, 2), np.asarray(dists, float), tuple(notes))
 
 
-def load(pdb: str, forcefield_files=("amber14-all.xml",), *, nonbonded_method: str = "NoCutoff",
-         cutoff: float = 1.0, constraints: str | None = None, rigid_water: bool = True,
-         switch_distance: float | None = None, dispersion_correction: bool = True,
-         ewald_error_tolerance: float = 5e-4, **create_kwargs) -> ForceFieldSystem:
-    """Build a system the OpenMM way: ``PDBFile(pdb)`` + ``ForceField(*forcefield_files)`` +
-    ``createSystem``, then :func:`from_system` with force-field types.
+def load(pdb: str, forcefield_files=("amber14-all.xml",), **kwargs) -> ForceFieldSystem:
+    """Build a system the OpenMM way from a PDB file: ``PDBFile(pdb)`` then
+    :func:`from_topology` (same keyword arguments)."""
+    from openmm import app
+
+    if not os.path.exists(pdb):
+        raise ForceFieldError(f"PDB file {pdb!r} not found")
+    try:
+        structure = app.PDBFile(pdb)
+    except Exception as e:  # OpenMM raises bare Exceptions for malformed files
+        raise ForceFieldError(f"could not read PDB file {pdb!r}: {e}") from e
+    return from_topology(structure.topology, structure.positions, forcefield_files,
+                         name=pdb, **kwargs)
+
+
+def from_topology(topology, positions, forcefield_files=("amber14-all.xml",), *,
+                  nonbonded_method: str = "NoCutoff", cutoff: float = 1.0,
+                  constraints: str | None = None, rigid_water: bool = True,
+                  switch_distance: float | None = None, dispersion_correction: bool = True,
+                  ewald_error_tolerance: float = 5e-4, name: str = "topology",
+                  **create_kwargs) -> ForceFieldSystem:
+    """``ForceField(*forcefield_files).createSystem(topology, ...)``, then :func:`from_system`
+    with force-field types. topology: ``openmm.app.Topology`` (e.g. from
+    :func:`workbench.forcefield.builder.build_peptide`); positions (N, 3) nm.
 
     nonbonded_method: one of NoCutoff, CutoffNonPeriodic, CutoffPeriodic, Ewald, PME;
     cutoff (nm); constraints: None, 'HBonds', 'AllBonds' or 'HAngles'; other keyword arguments
@@ -352,20 +390,15 @@ def load(pdb: str, forcefield_files=("amber14-all.xml",), *, nonbonded_method: s
 
     if nonbonded_method not in METHODS:
         raise ForceFieldError(f"unknown nonbonded method {nonbonded_method!r}; choose one of {METHODS}")
-    if not os.path.exists(pdb):
-        raise ForceFieldError(f"PDB file {pdb!r} not found")
-    try:
-        structure = app.PDBFile(pdb)
-    except Exception as e:  # OpenMM raises bare Exceptions for malformed files
-        raise ForceFieldError(f"could not read PDB file {pdb!r}: {e}") from e
     try:
         ff = app.ForceField(*forcefield_files)
     except Exception as e:
         raise ForceFieldError(f"could not load force field {list(forcefield_files)}: {e}") from e
-    top = structure.topology
+    top = topology
     if nonbonded_method in ("CutoffPeriodic", "Ewald", "PME"):
         if top.getPeriodicBoxVectors() is None:
-            raise ForceFieldError(f"{pdb} has no box (CRYST1 record), needed for {nonbonded_method}")
+            raise ForceFieldError(f"{name} has no box (CRYST1 record), needed for "
+                                  f"{nonbonded_method}")
         widths = np.diag(np.asarray(top.getPeriodicBoxVectors().value_in_unit(unit.nanometer)))
         if cutoff > 0.5 * widths.min():
             raise ForceFieldError(f"cutoff {cutoff} nm is longer than half the box "
@@ -381,5 +414,5 @@ def load(pdb: str, forcefield_files=("amber14-all.xml",), *, nonbonded_method: s
     try:
         system = ff.createSystem(top, **kwargs)
     except ValueError as e:  # missing templates, unknown residues
-        raise ForceFieldError(f"{pdb}: {e}") from e
-    return from_system(system, structure.positions, top, forcefield=ff)
+        raise ForceFieldError(f"{name}: {e}") from e
+    return from_system(system, positions, top, forcefield=ff)

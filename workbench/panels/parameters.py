@@ -59,12 +59,18 @@ class ParameterPanel(widgets.VBox):
     """Sliders for ``session``'s parameters and integrator settings.
 
     ranges: ``{name: (min, max)}`` or ``(min, max, step)`` overriding :func:`default_range`. include: names to show
-    (default: all). continuous_update: send values while dragging (True) or on release.
+    (default: all; a force field has thousands: pick some, e.g. with
+    ``ForceFieldSystem.find_types``). labels: ``{name: label}`` shown instead of the flat name
+    (e.g. the force-field type). continuous_update: send values while dragging (True) or on
+    release.
     """
 
     def __init__(self, session, *, ranges: dict | None = None, include=None,
-                 continuous_update: bool = True, rate: float = 4.0, **kwargs):
+                 labels: dict | None = None, continuous_update: bool = True, rate: float = 4.0,
+                 **kwargs):
         self.session = session
+        self.labels = dict(labels or {})
+        self._slider_names: dict[str, str] = {}  # widget model id -> flat parameter name
         self.ranges = dict(ranges or {})
         self.include = None if include is None else set(include)
         self.continuous_update = continuous_update
@@ -100,7 +106,7 @@ class ParameterPanel(widgets.VBox):
     # ---------------------------------------------------------------- sliders
     def _build_sliders(self) -> None:
         rows = []
-        self.sliders, self._groups = {}, {}
+        self.sliders, self._groups, self._slider_names = {}, {}, {}
         for spec in self.session.param_specs():
             if self.include is not None and spec.name not in self.include:
                 continue
@@ -110,12 +116,17 @@ class ParameterPanel(widgets.VBox):
                 lo, hi = self.ranges[spec.name][:2]
                 step = self.ranges[spec.name][2] if len(self.ranges[spec.name]) > 2 else step
             lo, hi = min(lo, value), max(hi, value)
+            label = self.labels.get(spec.name, spec.name)
+            wide = len(label) > 10
             slider = widgets.FloatSlider(
                 value=value, min=lo, max=hi, step=step,
-                description=spec.name, readout_format=".4g",
+                description=label, description_allow_html=False, readout_format=".4g",
                 continuous_update=self.continuous_update,
-                style={"description_width": "70px"}, layout=widgets.Layout(width="270px"),
+                style={"description_width": "170px" if wide else "70px"},
+                layout=widgets.Layout(width="370px" if wide else "270px"),
             )
+            slider.tooltip = spec.name
+            self._slider_names[slider.model_id] = spec.name
             slider.add_class(f"wb-slider-{_css(spec.name)}")
             slider.observe(self._on_slider, "value")
             self.sliders[spec.name] = slider
@@ -127,7 +138,7 @@ class ParameterPanel(widgets.VBox):
     def _on_slider(self, change) -> None:
         if getattr(self._local, "busy", False):
             return
-        name = change["owner"].description
+        name = self._slider_names[change["owner"].model_id]
         self._local.busy = True
         try:
             if self._groups[name] == "params":

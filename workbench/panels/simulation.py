@@ -59,7 +59,7 @@ class ThermoFigure:
             "potential": self.ax_e.plot([], [], lw=1.2, label="potential")[0],
             "kinetic": self.ax_e.plot([], [], lw=1.2, label="kinetic")[0],
             "total": self.ax_e.plot([], [], lw=1.2, label="total")[0],
-            "temperature": self.ax_t.plot([], [], lw=1.2, color="C3")[0],
+            "kT": self.ax_t.plot([], [], lw=1.2, color="C3")[0],
             "pressure": self.ax_p.plot([], [], lw=1.2, color="C4")[0],
         }
         self.markers = [ax.axvline(0.0, color="0.4", lw=0.8, ls="--", visible=False)
@@ -74,7 +74,7 @@ class ThermoFigure:
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
 
-    columns = ("time", "potential", "kinetic", "total", "temperature", "pressure")
+    columns = ("time", "potential", "kinetic", "total", "kT", "pressure")
 
     def update(self, thermo: dict, n_atoms: int, marker_time: float | None = None) -> bytes:
         """Set the lines from ``thermo`` (arrays of equal length) and return a PNG."""
@@ -125,6 +125,14 @@ class SimulationPanel(widgets.VBox):
         self.last_view_update_at: float | None = None
 
         self.controls = RunControls(session, chunks_per_start)
+        top = session.topology()
+        self.molecular = top.n_bonds > 0
+        has_water = any(r.is_water for r in top.residues)
+        self.water_toggle = widgets.Checkbox(
+            value=True, description="water", indent=False,
+            layout=widgets.Layout(width="90px", display="" if has_water else "none"))
+        self.water_toggle.add_class("wb-water-toggle")
+        self.water_toggle.observe(self._on_water_toggle, "value")
         self.view = self._make_view()
         self._figure = ThermoFigure(session.units, width_px=430, height_px=height)
         self.plot = widgets.Image(format="png", layout=widgets.Layout(width="430px"))
@@ -150,7 +158,7 @@ class SimulationPanel(widgets.VBox):
         self._view_box = widgets.Box([self.view])
         super().__init__([
             widgets.HBox([self._view_box, widgets.VBox([self.plot, self.plot_label])]),
-            widgets.HBox([self.play, self.frame_slider]),
+            widgets.HBox([self.play, self.frame_slider, self.water_toggle]),
             self.controls,
             widgets.HBox([self.export_path, self.export_button, self.export_label]),
         ], **kwargs)
@@ -179,10 +187,7 @@ class SimulationPanel(widgets.VBox):
 
         structure = nglview.TextStructure(structure_pdb(self.session), ext="pdb")
         view = nglview.NGLWidget(structure, default_representation=False)
-        view.add_representation("spacefill", selection="all", radius=self._radius(),
-                                color="#3b7dd8")
-        if self.session.box is not None:
-            view.add_representation("unitcell")
+        self._add_representations(view)
         view.camera = "orthographic"
         # change the existing layout (nglview watches it and resizes its stage)
         view.layout.width, view.layout.height = f"{self._size[0]}px", f"{self._size[1]}px"
@@ -194,6 +199,26 @@ class SimulationPanel(widgets.VBox):
         view.add_class("wb-ngl")
         self._view_atoms = self.session.n_atoms
         return view
+
+    def _add_representations(self, view) -> None:
+        """Molecules (a topology with bonds) as ball-and-stick, water as lines (hidden by the
+        water toggle), ions as spheres; atoms without bonds (fluids) as spheres."""
+        if self.molecular:
+            view.add_representation("ball+stick", selection="not water and not ion",
+                                    aspectRatio=2.5)
+            view.add_representation("spacefill", selection="ion", radius=1.2)
+            if self.water_toggle.value:
+                view.add_representation("line", selection="water", opacity=0.6)
+        else:
+            view.add_representation("spacefill", selection="all", radius=self._radius(),
+                                    color="#3b7dd8")
+        if self.session.box is not None:
+            view.add_representation("unitcell")
+
+    def _on_water_toggle(self, change) -> None:
+        with self._lock:
+            self.view.clear_representations()
+            self._add_representations(self.view)
 
     def _show(self, positions) -> None:
         xyz = self.session.wrapped(positions) * 10.0  # nm -> angstrom

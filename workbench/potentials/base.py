@@ -126,6 +126,11 @@ class EnergyTerm:
         """The neighbor list this term reads from ``aux``; None (the default) for none."""
         return None
 
+    def param_units(self) -> dict[str, str]:
+        """Unit label (molecular units) of each parameter leaf, by its key in ``params``
+        (nested keys joined by '.'); the one place panels and sessions read units from."""
+        return {}
+
     def energy_forces(self, positions: Array, params: Any, aux: Any = None,
                       box: Array | None = None) -> Evaluation:
         """Energy (kJ/mol) and forces (N, 3) kJ/mol/nm with ``aux`` as is. Default: autodiff."""
@@ -223,6 +228,10 @@ class FunctionPotential(EnergyTerm):
     energy_fn: Callable[..., Array]
     space: Space = field(default_factory=spaces.free)
     takes_box: bool = False
+    units: Mapping[str, str] = field(default_factory=dict)
+
+    def param_units(self) -> dict[str, str]:
+        return dict(self.units)
 
     def energy(self, positions, params, aux=None, box=None):
         if self.takes_box:
@@ -268,6 +277,9 @@ class Sum(EnergyTerm):
             if s is not None:
                 spec = s.merge(spec)
         return spec
+
+    def param_units(self) -> dict[str, str]:
+        return {f"{n}.{k}": u for n, t in self.terms.items() for k, u in t.param_units().items()}
 
     def energy(self, positions, params, aux=None, box=None):
         self._check(params)

@@ -110,6 +110,9 @@ class BondedTerm(EnergyTerm):
     def n_instances(self) -> int:
         return len(self.indices)
 
+    def param_units(self) -> dict[str, str]:
+        return dict(self.units)
+
     def init_params(self, **values) -> dict[str, Array]:
         """Per-type parameter arrays (T,) from sequences; every name is required."""
         unknown, missing = set(values) - set(self.param_names), set(self.param_names) - set(values)

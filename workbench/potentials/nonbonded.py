@@ -47,6 +47,10 @@ Array = jax.Array
 __all__ = ["Nonbonded", "METHODS"]
 
 METHODS = ("NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic", "Ewald", "PME")
+UNITS = {"charge": "e", "sigma": "nm", "epsilon": "kJ/mol", "coulomb14scale": "",
+         "lj14scale": "", "exception_chargeprod": "e^2", "exception_sigma": "nm",
+         "exception_epsilon": "kJ/mol"}
+"""Unit of each parameter."""
 _NO_CUTOFF = 1.0e3  # nm: "infinite" cutoff for NoCutoff (masks only the padding slots)
 _QUADRATURE = np.polynomial.legendre.leggauss(48)
 
@@ -164,6 +168,9 @@ class Nonbonded(EnergyTerm):
         return {"charge": params["charge"][self.charge_types],
                 "sigma": params["sigma"][self.lj_types],
                 "epsilon": params["epsilon"][self.lj_types]}
+
+    def param_units(self) -> dict[str, str]:
+        return dict(UNITS)
 
     def neighbor_spec(self) -> NeighborSpec | None:
         if self.method == "NoCutoff":

@@ -279,6 +279,9 @@ class PairPotential(EnergyTerm):
         return out
 
     # ------------------------------------------------------------------ neighbors
+    def param_units(self) -> dict[str, str]:
+        return dict(self.kind.units)
+
     def neighbor_spec(self) -> NeighborSpec | None:
         if not self.neighbor_list:
             return None
