@@ -653,3 +653,10 @@ def test_call_time_errors():
         tabulated_function(openmm.HarmonicBondForce())
     with pytest.raises(ValueError, match="first and last values"):
         tabulated_function(openmm.Continuous1DFunction([0.0, 1.0, 2.0], 0, 1, True))
+
+
+def test_zero_minus_x_is_unary_minus():
+    """Lepton rewrites 0 - x to a negation; it must evaluate (and differentiate) as -x."""
+    fn = compile_expression("0 - k*r", ["k", "r"])
+    assert float(fn(k=2.0, r=3.0)) == -6.0
+    assert float(jax.grad(lambda r: fn(k=2.0, r=r))(3.0)) == -2.0

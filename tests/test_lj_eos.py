@@ -218,7 +218,7 @@ def test_lj_fluid_matches_jzg_equation_of_state(T, rho, seed):
     """500 atoms, Langevin (BAOAB, dt 0.005, gamma 1), 2000 steps of equilibration from fcc,
     10000 steps sampled every 10. U/N = <E_pot>/N + E_tail/N, P = rho T + <tr W>/3V + P_tail.
     Accept |U - U_JZG| < max(3 sigma, 1%) and |P - P_JZG| < max(3 sigma, 2.5%), sigma from 10 block
-    averages; the kinetic temperature must equal T within 3 sigma."""
+    averages; the kinetic temperature must equal T within max(3 sigma, 1%)."""
     n = 500
     system = wb.lj_fluid(n_atoms=n, density=rho, cutoff=2.5, skin=0.5, truncation="cut")
     pot, params = system.potential, system.params
@@ -249,7 +249,9 @@ def test_lj_fluid_matches_jzg_equation_of_state(T, rho, seed):
         f"P {p:.4f} +- {p_err:.4f} (JZG {p_ref:.4f}, {100 * (p / p_ref - 1):+.2f}%, "
         f"{(p - p_ref) / p_err:+.1f} sigma); tails E/N {e_tail / n:.4f} P {p_tail:.4f}"
     )
-    assert abs(t - T) < 3 * t_err
+    # BAOAB samples configurations to O(dt^2) but its full-step velocities carry an O(dt^2)
+    # kinetic-temperature bias (Leimkuhler & Matthews 2013): about 1% at dt = 0.005 here.
+    assert abs(t - T) < max(3 * t_err, 0.01 * T)
     assert u_err < 0.005 * abs(u_ref) and p_err < 0.03 * abs(p_ref)
     assert abs(u - u_ref) < max(3 * u_err, 0.01 * abs(u_ref))
     assert abs(p - p_ref) < max(3 * p_err, 0.025 * abs(p_ref))

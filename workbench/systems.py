@@ -14,7 +14,8 @@ import numpy as np
 from . import space as spaces
 from .potentials.pair import PairPotential
 
-__all__ = ["System", "fcc_lattice", "lj_fluid", "fcc_cells_for", "placeholder_topology"]
+__all__ = ["System", "fcc_lattice", "lj_fluid", "fcc_cells_for", "placeholder_topology",
+           "data_file"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,6 +56,29 @@ def placeholder_topology(n_atoms: int, element: str = "Ar", name: str = "LJ"):
     for _ in range(n_atoms):
         top.add_atom(name, el, top.add_residue(name, chain))
     return top
+
+
+def data_file(name: str) -> str:
+    """Absolute path of ``data/<name>`` (the project's data folder, made by
+    ``tools/make_data.py``), looked up from the working directory upwards and beside the
+    package. Raises FileNotFoundError naming where it looked."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    roots, d = [], os.getcwd()
+    while True:
+        roots.append(d)
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    roots.append(os.path.dirname(here))
+    for root in roots:
+        path = os.path.join(root, "data", name)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"data/{name} not found in {roots[0]}, its parents or beside the "
+                            "workbench package; make it with `python tools/make_data.py`")
 
 
 def fcc_lattice(n_cells, lattice_constant: float) -> np.ndarray:

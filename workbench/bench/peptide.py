@@ -23,6 +23,8 @@ import os
 import platform
 import time
 
+from ..systems import data_file
+
 __all__ = ["main", "SYSTEMS", "run_workbench", "run_openmm"]
 
 SYSTEMS = {
@@ -34,16 +36,6 @@ SYSTEMS = {
                  method="NoCutoff", cutoff=None),
 }
 DT_PS, TEMPERATURE_K, FRICTION = 0.002, 300.0, 1.0
-
-
-def _data(name: str) -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for root in (os.getcwd(), os.path.join(here, "..", "..")):
-        path = os.path.join(root, "data", name)
-        if os.path.exists(path):
-            return os.path.abspath(path)
-    raise FileNotFoundError(f"data/{name} not found: run from the project root "
-                            "(or make it with `python tools/make_data.py`)")
 
 
 def _ns_per_day(steps: int, seconds: float) -> float:
@@ -59,7 +51,7 @@ def run_workbench(name: str, seconds: float, steps_per_chunk: int) -> dict:
     spec = SYSTEMS[name]
     t0 = time.perf_counter()
     kw = dict(cutoff=spec["cutoff"]) if spec["cutoff"] else {}
-    system = load(_data(spec["pdb"]), spec["forcefield"], nonbonded_method=spec["method"],
+    system = load(data_file(spec["pdb"]), spec["forcefield"], nonbonded_method=spec["method"],
                   constraints="HBonds", **kw)
     sim = Simulation(system.potential, system.params, "langevin",
                      dict(dt=DT_PS, kT=units.kT_from_kelvin(TEMPERATURE_K), gamma=FRICTION),
@@ -90,7 +82,7 @@ def run_openmm(name: str, seconds: float, steps_per_call: int) -> dict:
 
     spec = SYSTEMS[name]
     t0 = time.perf_counter()
-    pdb = app.PDBFile(_data(spec["pdb"]))
+    pdb = app.PDBFile(data_file(spec["pdb"]))
     ff = app.ForceField(*spec["forcefield"])
     kw = dict(nonbondedCutoff=spec["cutoff"] * unit.nanometer) if spec["cutoff"] else {}
     system = ff.createSystem(pdb.topology, nonbondedMethod=getattr(app, spec["method"]),

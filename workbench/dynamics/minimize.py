@@ -43,14 +43,36 @@ class FireState:
     box: Any = None
 
 
+def _projector(constraints):
+    """Forces and velocities projected onto the constraint surface's tangent space (unit masses),
+    and positions projected onto the surface; identities without constraints."""
+    if constraints is None:
+        return (lambda r, v: v), (lambda old, new: new)
+    from . import constraints as cons
+
+    def tangent(r, v):
+        return cons.constrain_velocities(r, v, jnp.ones(r.shape[0], r.dtype), constraints)
+
+    def surface(old, new):
+        return cons.constrain_positions(old, new, jnp.ones(new.shape[0], new.dtype), constraints)
+
+    return tangent, surface
+
+
 def fire(potential, dt_start=0.001, dt_max=0.01, n_min=5, f_inc=1.1, f_dec=0.5,
-         alpha_start=0.1, f_alpha=0.99):
+         alpha_start=0.1, f_alpha=0.99, constraints=None):
     """FIRE minimizer for ``potential``. Returns (init, step) with
     ``init(positions, params, aux) -> FireState`` and ``step(state, params) -> FireState``.
-    Time steps in ps (unit masses)."""
+    Time steps in ps (unit masses): the defaults suit reduced LJ units; molecules with stiff
+    bonds need ``dt_max`` near 0.002. ``constraints``: minimize on the constraint surface
+    (positions projected by SHAKE, forces and velocities to its tangent space); the reported
+    forces are the projected ones."""
+    tangent, surface = _projector(constraints)
 
     def init(positions, params, aux, box=None):
+        positions = surface(positions, positions)
         ev, aux = potential.evaluate(positions, params, aux, box)
+        ev = replace(ev, forces=tangent(positions, ev.forces))
         z = jnp.zeros_like(positions)
         dtype = positions.dtype
         return FireState(positions, z, ev.forces, ev.energy, aux, jnp.asarray(dt_start, dtype),
@@ -58,9 +80,10 @@ def fire(potential, dt_start=0.001, dt_max=0.01, n_min=5, f_inc=1.1, f_dec=0.5,
 
     def step(s: FireState, params) -> FireState:
         v = s.velocities + 0.5 * s.dt * s.forces
-        r = s.positions + s.dt * v
+        r = surface(s.positions, s.positions + s.dt * v)
         ev, aux = potential.evaluate(r, params, s.aux, s.box)
-        v = v + 0.5 * s.dt * ev.forces
+        ev = replace(ev, forces=tangent(r, ev.forces))
+        v = tangent(r, v + 0.5 * s.dt * ev.forces)
         power = jnp.sum(ev.forces * v)
         f_norm = jnp.sqrt(jnp.sum(ev.forces**2))
         v_norm = jnp.sqrt(jnp.sum(v**2))
@@ -76,29 +99,36 @@ def fire(potential, dt_start=0.001, dt_max=0.01, n_min=5, f_inc=1.1, f_dec=0.5,
     return init, step
 
 
-def gradient_descent(potential, step_size=1e-4):
+def gradient_descent(potential, step_size=1e-4, constraints=None):
     """Steepest descent r <- r + step_size * F (step_size in nm^2 mol/kJ). Returns (init, step)
     with the same state as FIRE."""
-    init_fire, _ = fire(potential)
+    init_fire, _ = fire(potential, constraints=constraints)
+    tangent, surface = _projector(constraints)
 
     def step(s: FireState, params) -> FireState:
-        r = s.positions + step_size * s.forces
+        r = surface(s.positions, s.positions + step_size * s.forces)
         ev, aux = potential.evaluate(r, params, s.aux, s.box)
+        ev = replace(ev, forces=tangent(r, ev.forces))
         return replace(s, positions=r, forces=ev.forces, energy=ev.energy, aux=aux)
 
     return init_fire, step
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled(potential, method: str, chunk: int, options: tuple):
-    """Jitted (init, run-a-chunk) for a potential, cached so repeated minimize() calls on the
-    same potential compile once."""
-    init, step = {"fire": fire, "gradient_descent": gradient_descent}[method](potential, **dict(options))
+def _build(potential, method: str, chunk: int, options: tuple, constraints=None):
+    """Jitted (init, run-a-chunk) for a potential."""
+    init, step = {"fire": fire, "gradient_descent": gradient_descent}[method](
+        potential, constraints=constraints, **dict(options))
 
     def run(s, params):
         return jax.lax.scan(lambda c, _: (step(c, params), None), s, None, length=chunk)[0]
 
     return xla.jit(init), xla.jit(run)
+
+
+_compiled = functools.lru_cache(maxsize=32)(_build)
+""":func:`_build` cached by potential, so repeated minimize() calls compile once (constraints,
+whose arrays cannot be hashed, are cached per Constraints object in :data:`_WITH_CONSTRAINTS`)."""
+_WITH_CONSTRAINTS: dict = {}
 
 
 @dataclass(frozen=True)
@@ -112,10 +142,13 @@ class MinimizeResult:
 
 
 def minimize(potential, positions, params, aux=None, *, box=None, method: str = "fire",
-             ftol: float = 1e-3, max_steps: int = 10_000, chunk: int = 100, **options):
+             ftol: float = 1e-3, max_steps: int = 10_000, chunk: int = 100, constraints=None,
+             **options):
     """Minimize the energy from ``positions`` (N, 3) until max |F component| < ``ftol``
     (kJ/mol/nm) or ``max_steps``, in the box ``box`` (3, 3) nm (default: the potential's).
-    method: ``"fire"`` or ``"gradient_descent"``; options go to the method's factory. Returns a
+    method: ``"fire"`` or ``"gradient_descent"``; options go to the method's factory.
+    constraints: stay on the constraint surface (e.g. ``ForceFieldSystem.constraints()``: a
+    system built with constrained X-H bonds has no bond terms for them). Returns a
     :class:`MinimizeResult`."""
     makers = {"fire": fire, "gradient_descent": gradient_descent}
     if method not in makers:
@@ -124,7 +157,17 @@ def minimize(potential, positions, params, aux=None, *, box=None, method: str = 
     box = potential.default_box() if box is None else jnp.asarray(box, positions.dtype)
     if aux is None:
         aux = potential.allocate(positions, box)
-    init, run = _compiled(potential, method, chunk, tuple(sorted(options.items())))
+    opts = tuple(sorted(options.items()))
+    if constraints is None:
+        init, run = _compiled(potential, method, chunk, opts)
+    else:
+        key = (id(potential), method, chunk, opts, id(constraints))
+        if key not in _WITH_CONSTRAINTS or _WITH_CONSTRAINTS[key][0] is not constraints:
+            if len(_WITH_CONSTRAINTS) > 32:
+                _WITH_CONSTRAINTS.clear()
+            _WITH_CONSTRAINTS[key] = (constraints, potential,
+                                      _build(potential, method, chunk, opts, constraints))
+        init, run = _WITH_CONSTRAINTS[key][2]
     state = init(positions, params, aux, box)
     while bool(overflowed(state.aux)):  # the list given was too small: regrow before step 0
         state = init(positions, params, nl.grow_all(state.aux, positions), box)

@@ -4,8 +4,9 @@ Heavy atoms are placed from internal coordinates (a Z-matrix): ideal backbone ge
 Engh & Huber (1991), one compact table of side-chain bond lengths, angles and default chi angles
 (a common rotamer of each residue), and backbone dihedrals set per residue. Hydrogens come from
 ``openmm.app.Modeller.addHydrogens`` (standard protonation at the given pH; the new hydrogens are
-relaxed there with the heavy atoms fixed). The result parameterizes with ``amber14-all.xml`` and
-``charmm36.xml`` as it is. Units: nm and degrees. OpenMM is imported lazily.
+relaxed there with the heavy atoms fixed). The result parameterizes with ``amber14-all.xml`` as
+it is, and with ``charmm36.xml`` after :func:`charmm_caps` (CHARMM caps are patches on the end
+residues). Units: nm and degrees. OpenMM is imported lazily.
 
 Default backbone: the beta region (phi, psi) = (-120, 130) degrees, trans peptide bonds; other
 presets are in :data:`CONFORMATIONS` (``build_peptide("AAAA", **CONFORMATIONS["alpha"])``).
@@ -14,6 +15,8 @@ Proline's phi is fixed by its ring (-63 degrees) whatever is asked.
 
 from __future__ import annotations
 
+import contextlib
+import random
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +27,7 @@ __all__ = [
     "VARIANTS",
     "alanine_dipeptide",
     "build_peptide",
+    "charmm_caps",
     "solvate",
 ]
 
@@ -43,13 +47,21 @@ CONFORMATIONS = {
     "beta": {"phi": -120.0, "psi": 130.0},
     "alpha": {"phi": -57.0, "psi": -47.0},
     "ppii": {"phi": -75.0, "psi": 145.0},
-    "extended": {"phi": 180.0, "psi": 180.0},
     "c7eq": {"phi": -83.0, "psi": 73.0},
 }
-"""Backbone presets (degrees) to pass as ``**CONFORMATIONS[name]``."""
+"""Backbone presets (degrees) to pass as ``**CONFORMATIONS[name]``. beta and ppii are free of
+close contacts for every residue type; alpha puts proline and some side chains close to the
+carbonyl three residues back; c7eq (the vacuum minimum of alanine dipeptide) is no chain
+conformation. Minimize before dynamics in every case."""
 
 CAPS = ("ACE", "NME")
+# CHARMM names of the cap atoms once merged into the neighbouring residue (patches ACE and CT3)
+_CHARMM_CAP_NAMES = {
+    "ACE": {"CH3": "CAY", "H1": "HY1", "H2": "HY2", "H3": "HY3", "C": "CY", "O": "OY"},
+    "NME": {"N": "NT", "H": "HNT", "C": "CAT", "H1": "HT1", "H2": "HT2", "H3": "HT3"},
+}
 PROLINE_PHI = -63.0
+DIPEPTIDE_BOX = 2.9  # nm: default water cube of alanine_dipeptide (>= 2 x a 1.0 nm cutoff)
 
 # Backbone (nm, degrees), Engh & Huber (1991).
 _B_CN, _B_NCA, _B_CAC, _B_CO, _B_ACE = 0.1329, 0.1458, 0.1525, 0.1231, 0.1520
@@ -65,7 +77,11 @@ _SIDE_CHAINS = {
     "SER": (_CB, ("OG", "N CA CB", 0.1417, 111.1, 62.0)),
     "CYS": (_CB, ("SG", "N CA CB", 0.1808, 114.4, -65.0)),
     "THR": (_CB, ("OG1", "N CA CB", 0.1433, 109.6, 59.0), ("CG2", "N CA CB", 0.1521, 110.5, -61.0)),
-    "VAL": (_CB, ("CG1", "N CA CB", 0.1521, 110.5, 175.0), ("CG2", "N CA CB", 0.1521, 110.5, -65.0)),
+    "VAL": (
+        _CB,
+        ("CG1", "N CA CB", 0.1521, 110.5, 175.0),
+        ("CG2", "N CA CB", 0.1521, 110.5, -65.0),
+    ),
     "ILE": (
         _CB,
         ("CG1", "N CA CB", 0.1530, 110.4, -65.0),
@@ -173,6 +189,17 @@ _SIDE_CHAINS = {
 }
 
 
+@contextlib.contextmanager
+def _python_random(seed: int):
+    """Seed Python's ``random`` (which ``Modeller`` draws from) and restore its state after."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def _place(a, b, c, bond: float, angle: float, dihedral: float) -> np.ndarray:
     """Position of d with |cd| = bond (nm), angle bcd and dihedral abcd (degrees) (NeRF)."""
     theta, phi = np.radians(angle), np.radians(dihedral)
@@ -214,7 +241,9 @@ def _per_residue(value, n: int, what: str) -> np.ndarray:
     if arr.ndim == 0:
         arr = np.full(n, float(arr))
     if arr.shape != (n,) or not np.all(np.isfinite(arr)):
-        raise ValueError(f"{what} must be one finite angle or {n} of them (one per residue); got {value!r}")
+        raise ValueError(
+            f"{what} must be one finite angle or {n} of them (one per residue); got {value!r}"
+        )
     return arr
 
 
@@ -278,13 +307,14 @@ def build_peptide(
     hydrogens: bool = True,
     ph: float = 7.0,
     forcefield_files: Sequence[str] = ("amber14-all.xml",),
+    seed: int = 0,
 ):
     """A (capped) peptide: ``(topology, positions)``, an ``openmm.app.Topology`` and (N, 3) nm.
 
     sequence: one-letter codes (``"AAGWK"``; a string without separators is always read as
         one-letter codes, so ``"ALA"`` is Ala-Leu-Ala), or residue names (``["ALA", "GLY"]``,
-        ``"ALA-GLY"``, ``"ALA GLY"``); names may be protonation variants (:data:`VARIANTS`: HID, HIE, HIP, ASH,
-        GLH, LYN), otherwise protonation is the standard one at ``ph``.
+        ``"ALA-GLY"``, ``"ALA GLY"``); names may be protonation variants (:data:`VARIANTS`:
+        HID, HIE, HIP, ASH, GLH, LYN), otherwise protonation is the standard one at ``ph``.
     phi, psi: backbone dihedrals in degrees, one value for all residues or one per residue
         (default: beta region, -120 / 130); proline's phi is always -63 (its ring).
     omega: peptide-bond dihedral(s) CA(i)-C(i)-N(i+1)-CA(i+1) in degrees, one or one per residue
@@ -293,19 +323,22 @@ def build_peptide(
         NH3+, C-terminal COO-).
     hydrogens: add hydrogens with ``Modeller.addHydrogens`` (relaxed there, heavy atoms fixed,
         with ``forcefield_files`` on the Reference platform); False returns heavy atoms only.
+        ``Modeller`` starts hydrogens at random offsets: ``seed`` fixes them (Python's
+        ``random`` is seeded for the call and restored after).
 
     Heavy atoms come from ideal internal coordinates, so the same input gives the same output.
     Everything here is structural (it builds a new system). Raises ValueError for an empty
     sequence, an unknown residue, or angles of the wrong count.
     """
     import openmm
-    import openmm.app as app
-    import openmm.unit as unit
+    from openmm import app, unit
 
     names = _parse_sequence(sequence)
     caps = _check_caps(caps)
     n = len(names)
-    phi, psi, omega = (_per_residue(v, n, k) for v, k in ((phi, "phi"), (psi, "psi"), (omega, "omega")))
+    phi, psi, omega = (
+        _per_residue(v, n, k) for v, k in ((phi, "phi"), (psi, "psi"), (omega, "omega"))
+    )
     residues = _heavy_atoms(names, phi, psi, omega, caps)
 
     top = app.Topology()
@@ -324,14 +357,55 @@ def build_peptide(
 
     modeller = app.Modeller(top, positions * unit.nanometer)
     variants = [name if name in VARIANTS else None for name, _ in residues]
-    modeller.addHydrogens(
-        app.ForceField(*forcefield_files),
-        pH=ph,
-        variants=variants,
-        platform=openmm.Platform.getPlatformByName("Reference"),
-    )
+    with _python_random(seed):
+        modeller.addHydrogens(
+            app.ForceField(*forcefield_files),
+            pH=ph,
+            variants=variants,
+            platform=openmm.Platform.getPlatformByName("Reference"),
+        )
     positions = np.asarray(modeller.getPositions().value_in_unit(unit.nanometer), dtype=float)
     return modeller.topology, positions
+
+
+def charmm_caps(topology):
+    """The same atoms, in the same order, with ACE and NME merged into the neighbouring residue
+    and renamed (CAY, HY1-3, CY, OY; NT, HNT, CAT, HT1-3), as CHARMM's ACE and CT3 patches expect:
+    ``charmm36.xml`` has no separate cap residues. Returns a new ``openmm.app.Topology``; the
+    positions stay valid. A lone ACE-ALA-NME also matches charmm36's whole-molecule templates
+    ALAD and AANM, so give ``residueTemplates={residue: "ALAD"}`` to ``createSystem`` there.
+    """
+    from openmm import app
+
+    residues = list(topology.residues())
+    host = {}
+    for k, res in enumerate(residues):
+        j = k + 1 if res.name == "ACE" else k - 1 if res.name == "NME" else k
+        if res.name in _CHARMM_CAP_NAMES and not (
+            0 <= j < len(residues)
+            and residues[j].chain is res.chain
+            and residues[j].name not in _CHARMM_CAP_NAMES
+        ):
+            raise ValueError(f"{res.name} {res.id} has no amino acid to merge into")
+        host[res] = residues[j]
+    new = app.Topology()
+    new.setPeriodicBoxVectors(topology.getPeriodicBoxVectors())
+    chains, merged, atoms = {}, {}, {}
+    for res in residues:
+        target = host[res]
+        if target.chain not in chains:
+            chains[target.chain] = new.addChain(target.chain.id)
+        if target not in merged:
+            merged[target] = new.addResidue(target.name, chains[target.chain], target.id)
+    for res in residues:
+        names = _CHARMM_CAP_NAMES.get(res.name, {})
+        for atom in res.atoms():
+            atoms[atom] = new.addAtom(
+                names.get(atom.name, atom.name), atom.element, merged[host[res]]
+            )
+    for a, b in topology.bonds():
+        new.addBond(atoms[a], atoms[b])
+    return new
 
 
 def solvate(
@@ -344,17 +418,18 @@ def solvate(
     box_size: float | Sequence[float] | None = None,
     ionic_strength: float = 0.0,
     neutralize: bool = True,
+    seed: int = 0,
 ):
-    """Solute in a rectangular water box: ``(topology, positions (N, 3) nm, box (3, 3) nm)``.
+    """Solute in a rectangular water box: ``(topology, positions (N, 3) nm, box (3, 3) nm)``,
+    solute first, then water and ions; the box spans [0, L) on each axis, the solute at its centre.
 
     padding: nm between the solute and the box faces (used when ``box_size`` is None); box_size:
     one edge or three edges in nm. ionic_strength: molar NaCl; neutralize adds Na+/Cl- to zero
-    net charge. Uses ``Modeller.addSolvent`` with OpenMM's pre-equilibrated water box, which is
-    deterministic.
+    net charge. Uses ``Modeller.addSolvent`` (OpenMM's pre-equilibrated water box); ions replace
+    randomly chosen waters, fixed by ``seed``. Structural: builds a new system.
     """
     import openmm
-    import openmm.app as app
-    import openmm.unit as unit
+    from openmm import app, unit
 
     positions = np.asarray(positions, dtype=float)
     if positions.shape != (topology.getNumAtoms(), 3) or not np.all(np.isfinite(positions)):
@@ -377,16 +452,21 @@ def solvate(
     else:
         raise ValueError("give padding (nm around the solute) or box_size (nm)")
     modeller = app.Modeller(topology, positions * unit.nanometer)
-    modeller.addSolvent(
-        app.ForceField(*forcefield_files),
-        model=water_model,
-        ionicStrength=ionic_strength * unit.molar,
-        neutralize=neutralize,
-        **kwargs,
+    with _python_random(seed):
+        modeller.addSolvent(
+            app.ForceField(*forcefield_files),
+            model=water_model,
+            ionicStrength=ionic_strength * unit.molar,
+            neutralize=neutralize,
+            **kwargs,
+        )
+    box = np.asarray(
+        [list(v) for v in modeller.topology.getPeriodicBoxVectors().value_in_unit(unit.nanometer)]
     )
-    box = modeller.topology.getPeriodicBoxVectors().value_in_unit(unit.nanometer)
     out = np.asarray(modeller.getPositions().value_in_unit(unit.nanometer), dtype=float)
-    return modeller.topology, out, np.asarray([list(v) for v in box], dtype=float)
+    # Modeller centres the box on the solute; shift so the box spans [0, L) on each axis
+    centre = 0.5 * (positions.min(0) + positions.max(0))
+    return modeller.topology, out + (0.5 * np.diag(box) - centre), box
 
 
 def alanine_dipeptide(
@@ -394,18 +474,24 @@ def alanine_dipeptide(
     *,
     phi: float = -120.0,
     psi: float = 130.0,
-    box_size: float | None = 2.9,
+    box_size: float | None = None,
     padding: float | None = None,
     forcefield_files: Sequence[str] = ("amber14-all.xml", "amber14/tip3p.xml"),
+    seed: int = 0,
 ):
     """ACE-ALA-NME (22 atoms): ``(topology, positions)``, or with ``solvated=True``
-    ``(topology, positions, box (3, 3) nm)`` in TIP3P water: by default a 2.9 nm cube
-    (about 2,300 atoms, room for a 1.0 nm cutoff); give ``padding`` (nm) instead for a box
-    sized to the solute. phi, psi in degrees."""
-    top, pos = build_peptide("A", phi=phi, psi=psi, forcefield_files=forcefield_files[:1])
+    ``(topology, positions, box (3, 3) nm)`` in TIP3P water: a cube of edge ``box_size`` nm, or
+    ``padding`` nm around the solute, by default a 2.9 nm cube (2,347 atoms, room for a 1.0 nm
+    cutoff; ``data/alanine-dipeptide-water.pdb`` before minimization). phi, psi in degrees."""
+    if box_size is not None and padding is not None:
+        raise ValueError("give box_size or padding (nm), not both")
+    top, pos = build_peptide(
+        "A", phi=phi, psi=psi, forcefield_files=forcefield_files[:1], seed=seed
+    )
     if not solvated:
         return top, pos
+    if box_size is None and padding is None:
+        box_size = DIPEPTIDE_BOX
     return solvate(
-        top, pos, forcefield_files=forcefield_files, box_size=box_size,
-        padding=padding if box_size is None else None,
+        top, pos, forcefield_files=forcefield_files, box_size=box_size, padding=padding, seed=seed
     )

@@ -18,7 +18,10 @@ import ipywidgets as widgets
 
 from .runner import LiveUpdater
 
-__all__ = ["ParameterPanel", "default_range"]
+__all__ = ["ParameterPanel", "default_range", "MAX_AUTO_SLIDERS"]
+
+MAX_AUTO_SLIDERS = 40
+"""Without ``include``, a panel shows a slider per parameter only up to this many."""
 
 # Ranges as multiples of the starting value, for names where a generic range misleads.
 _RELATIVE_RANGES = {
@@ -107,8 +110,13 @@ class ParameterPanel(widgets.VBox):
     def _build_sliders(self) -> None:
         rows = []
         self.sliders, self._groups, self._slider_names = {}, {}, {}
-        for spec in self.session.param_specs():
+        specs = self.session.param_specs()
+        n_params = sum(s.group == "params" for s in specs)
+        too_many = self.include is None and n_params > MAX_AUTO_SLIDERS
+        for spec in specs:
             if self.include is not None and spec.name not in self.include:
+                continue
+            if too_many and spec.group == "params":
                 continue
             value = _round(spec.value)
             lo, hi, step = default_range(spec.name, value)
@@ -133,6 +141,11 @@ class ParameterPanel(widgets.VBox):
             self._groups[spec.name] = spec.group
             rows.append(widgets.HBox([slider, widgets.HTML(f"<small>{html.escape(spec.unit)}"
                                                            "</small>")]))
+        if too_many:
+            rows.insert(0, widgets.HTML(
+                f"<small>{n_params} parameters (a force field's per-type tables): pick sliders "
+                "with <code>include=[...]</code>, e.g. from "
+                "<code>ForceFieldSystem.find_types</code></small>"))
         self.slider_box.children = rows
 
     def _on_slider(self, change) -> None:
