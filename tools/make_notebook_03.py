@@ -72,10 +72,15 @@ cells = [
         "                     capture_output=True, text=True)\n"
         "print(out.stdout[-2500:], out.stderr[-2000:])"
     ),
-    md("## Minimize"),
+    md(
+        "## Minimize\n\n"
+        "FIRE on the constraint surface: with `constraints=\"HBonds\"` OpenMM leaves the X-H "
+        "bonds out of the bond term (they are constraints), so the minimizer keeps them at "
+        "their lengths. `dt_max` (ps, unit masses) suits stiff molecular bonds."
+    ),
     code(
         "result = wb.minimize(system.potential, system.positions, system.params, ftol=20.0,\n"
-        "                     max_steps=3000)\n"
+        "                     max_steps=3000, constraints=system.constraints(), dt_max=0.001)\n"
         "print(f\"energy {result.energy:.1f} kJ/mol, max force {result.max_force:.1f} kJ/mol/nm \"\n"
         "      f\"after {result.steps} steps\")"
     ),
@@ -142,7 +147,12 @@ cells = [
         "The same molecule in a box of about 800 TIP3P waters (`data/alanine-dipeptide-water.pdb`, "
         "made by `tools/make_data.py`): particle-mesh Ewald with a 1 nm cutoff, rigid water "
         "(SETTLE), X-H bonds constrained. The **water** checkbox under the view hides the "
-        "solvent."
+        "solvent.\n\n"
+        "The box starts from a minimized structure, so the temperature first *drops*: kinetic "
+        "energy flows into the potential energy until they share it (equipartition), and the "
+        "thermostat (friction 1/ps) restores 300 K over a few picoseconds, longer than this "
+        "short run. The CPU speed of PME in workbench is measured against OpenMM in "
+        "`benchmarks/RESULTS.md` (`workbench bench peptide`)."
     ),
     code(
         "water = ff.load(wb.systems.data_file(\"alanine-dipeptide-water.pdb\"),\n"

@@ -7,10 +7,13 @@ type moves all of its instances. :func:`load` goes from a PDB file and force-fie
 through ``openmm.app.ForceField``, exactly as an OpenMM user would, and keeps the types.
 
 Supported: HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce, NonbondedForce (all
-methods but LJPME; exceptions, switching, dispersion correction, reaction field),
-CMMotionRemover (skipped: workbench integrators conserve or thermostat momentum themselves; noted
-in :attr:`ForceFieldSystem.notes`). Anything else raises :class:`UnsupportedForceError` naming the
-force. Units are OpenMM's (nm, kJ/mol, e, rad, amu); OpenMM is imported lazily.
+methods but LJPME; exceptions, switching, dispersion correction, reaction field), and through
+plugins (:func:`converters`): CMAPTorsionForce (:mod:`workbench.potentials.cmap`), the custom
+forces CustomBond/Angle/Torsion/External/CompoundBond/Nonbonded (:mod:`.custom`), CustomGBForce
+and GBSAOBCForce (:mod:`.gb`). CMMotionRemover is skipped (workbench integrators conserve or
+thermostat momentum themselves; noted in :attr:`ForceFieldSystem.notes`). Anything else raises
+:class:`UnsupportedForceError` naming the force. Units are OpenMM's (nm, kJ/mol, e, rad, amu);
+OpenMM is imported lazily.
 """
 
 from __future__ import annotations
