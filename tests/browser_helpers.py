@@ -161,3 +161,24 @@ def number_in(text: str, label: str) -> int | None:
     """The integer after ``label:`` in ``text`` (``frames: 1,234`` -> 1234), or None."""
     m = re.search(re.escape(label) + r":?\s*([\d,]+)", text or "")
     return int(m.group(1).replace(",", "")) if m else None
+
+
+JS_KERNEL_STATUS = """() => {
+  const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+  const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+  return k ? k.status : null;
+}"""
+"""Status of the current notebook's kernel ('idle', 'busy', ...) or null."""
+
+JS_ALL_CELLS_RAN = """() => {
+  const nb = window.jupyterapp.shell.currentWidget.content;
+  const code = nb.widgets.filter(c => c.model.type === 'code');
+  return code.length > 0 && code.every(c => c.model.executionCount !== null);
+}"""
+"""True once every code cell of the current notebook has an execution count."""
+
+
+def text_of(page, selector: str) -> str:
+    """Inner text of the first element matching ``selector`` ('' if none)."""
+    loc = page.locator(selector)
+    return loc.first.inner_text() if loc.count() else ""

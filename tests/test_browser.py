@@ -16,9 +16,12 @@ import pytest
 from browser_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    JS_ALL_CELLS_RAN,
+    JS_KERNEL_STATUS,
     LabServer,
     copy_notebook,
     number_in,
+    text_of,
     wait_until,
 )
 
@@ -32,16 +35,6 @@ pytestmark = [
                        reason=f"{CHROMIUM} not installed (apt-get install chromium)"),
 ]
 
-JS_KERNEL_STATUS = """() => {
-  const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-  const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
-  return k ? k.status : null;
-}"""
-JS_ALL_CELLS_RAN = """() => {
-  const nb = window.jupyterapp.shell.currentWidget.content;
-  const code = nb.widgets.filter(c => c.model.type === 'code');
-  return code.length > 0 && code.every(c => c.model.executionCount !== null);
-}"""
 JS_CANVAS = """() => {
   const c = document.querySelector('.wb-ngl canvas');
   return c ? [c.width, c.height] : null;
@@ -52,9 +45,7 @@ JS_PLOT = """() => {
 }"""
 
 
-def _text(page, selector: str) -> str:
-    loc = page.locator(selector)
-    return loc.first.inner_text() if loc.count() else ""
+_text = text_of
 
 
 def test_live_workbench_in_jupyterlab(tmp_path):

@@ -13,7 +13,16 @@ import json
 from pathlib import Path
 
 import pytest
-from browser_helpers import CHROMIUM, CHROMIUM_ARGS, LabServer, number_in, wait_until
+from browser_helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    JS_ALL_CELLS_RAN,
+    JS_KERNEL_STATUS,
+    LabServer,
+    number_in,
+    text_of,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "03_alanine_dipeptide.ipynb"
@@ -25,16 +34,6 @@ pytestmark = [
                        reason=f"{CHROMIUM} not installed (apt-get install chromium)"),
 ]
 
-JS_KERNEL_STATUS = """() => {
-  const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-  const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
-  return k ? k.status : null;
-}"""
-JS_ALL_CELLS_RAN = """() => {
-  const nb = window.jupyterapp.shell.currentWidget.content;
-  const code = nb.widgets.filter(c => c.model.type === 'code');
-  return code.length > 0 && code.every(c => c.model.executionCount !== null);
-}"""
 JS_CANVASES = """() => Array.from(document.querySelectorAll('.wb-ngl canvas'))
   .map(c => [c.width, c.height])"""
 
@@ -58,9 +57,7 @@ def _small_copy(root: Path) -> Path:
     return dst
 
 
-def _text(page, selector: str) -> str:
-    loc = page.locator(selector)
-    return loc.first.inner_text() if loc.count() else ""
+_text = text_of
 
 
 def test_molecule_workbench_in_jupyterlab(tmp_path):

@@ -166,3 +166,19 @@ def test_missing_peer_is_skipped_with_install_hint(monkeypatch, capsys):
     captured = capsys.readouterr()
     assert "skipping openmm" in captured.err and "pip install" in captured.err
     assert "workbench" in captured.out and "skipped openmm" in captured.out
+
+
+def test_compare_openmm_exit_codes(capsys):
+    """0 when every term agrees, 1 when one does not (an impossible tolerance), 2 for an
+    unsupported force field (AMOEBA's multipoles), with the reason printed."""
+    from workbench.systems import data_file
+
+    pdb = data_file("alanine-dipeptide-vacuum.pdb")
+    assert cli.main(["compare-openmm", pdb, "--forcefield", "amber14-all.xml"]) == 0
+    out = capsys.readouterr().out
+    assert "all 4 terms agree" in out and "PeriodicTorsionForce" in out
+    assert cli.main(["compare-openmm", pdb, "--forcefield", "amber14-all.xml",
+                 "--tolerance", "0"]) == 1
+    assert "disagree" in capsys.readouterr().out
+    assert cli.main(["compare-openmm", pdb, "--forcefield", "amoeba2018.xml"]) == 2
+    assert "UnsupportedForceError" in capsys.readouterr().out

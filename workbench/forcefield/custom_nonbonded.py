@@ -49,8 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import space as spaces
-from ..potentials.base import EnergyTerm, Evaluation, NeighborSpec
-from ..potentials.pairloop import pair_blocks, row_forces
+from ..potentials.pairloop import CutoffPairTerm, pair_blocks, row_forces
 from ..space import Space
 from . import fftypes
 from .custom_common import (
@@ -69,7 +68,6 @@ __all__ = ["METHODS", "CustomNonbonded", "from_openmm_force"]
 
 METHODS = ("NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic")
 """OpenMM's CustomNonbondedForce methods, in the order of its enumeration."""
-_NO_CUTOFF = 1.0e3  # nm: "infinite" cutoff for NoCutoff (masks only the padding slots)
 _MAX_WORDS = 2  # exclusion masks cover index offsets below 64
 _TAIL = np.polynomial.legendre.leggauss(64)
 _SWITCH = np.polynomial.legendre.leggauss(48)
@@ -112,7 +110,7 @@ def _excluded(id_i, id_j, mask_i, mask_j) -> Array:
 
 
 @dataclass(frozen=True, eq=False)
-class CustomNonbonded(EnergyTerm):
+class CustomNonbonded(CutoffPairTerm):
     """A CustomNonbondedForce over N particles (see the module docstring).
 
     space: boundary conditions (periodic for CutoffPeriodic, else free). method: one of
@@ -210,15 +208,6 @@ class CustomNonbonded(EnergyTerm):
     @property
     def n_types(self) -> int:
         return self.layout.n_types
-
-    @property
-    def pair_cutoff(self) -> float:
-        return _NO_CUTOFF if self.method == "NoCutoff" else float(self.cutoff)
-
-    def neighbor_spec(self) -> NeighborSpec | None:
-        if self.method == "NoCutoff":
-            return None
-        return NeighborSpec(float(self.cutoff), self.skin)
 
     def init_params(self, **values) -> dict[str, Array]:
         """Per-particle parameters per type (T,), globals (), tables; every name required."""
@@ -375,16 +364,6 @@ class CustomNonbonded(EnergyTerm):
         return 2.0 * np.pi * n * n * mean / volume
 
     # ------------------------------------------------------------------ contract
-    def energy(self, positions, params, aux=None, box=None):
-        space = self.box_space(box)
-        return (self._pair_sum(positions, params, aux, space, False)
-                + self._explicit_energy(positions, params, space))
-
-    def energy_forces(self, positions, params, aux=None, box=None):
-        space = self.box_space(box)
-        e_pair, f_pair = self._pair_sum(positions, params, aux, space, True)
-        e_rest, g = jax.value_and_grad(self._explicit_energy)(positions, params, space)
-        return Evaluation(energy=e_pair + e_rest, forces=f_pair - g)
 
 
 # ---------------------------------------------------------------------------- converter

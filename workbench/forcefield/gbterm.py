@@ -50,8 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..potentials.base import EnergyTerm, Evaluation, NeighborSpec
-from ..potentials.pairloop import pair_blocks
+from ..potentials.base import Evaluation
+from ..potentials.pairloop import CutoffPairTerm, pair_blocks
 from ..space import Space
 from .expression import ExpressionError, compile_expression
 
@@ -64,7 +64,6 @@ KINDS = ("SingleParticle", "ParticlePair", "ParticlePairNoExclusions")
 METHODS = ("NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic")
 """OpenMM's ``CustomGBForce.NonbondedMethod`` enumeration, in order (0, 1, 2)."""
 _SINGLE, _PAIR = KINDS[:2]
-_NO_CUTOFF = 1.0e3  # nm: the "cutoff" of NoCutoff, masks only the padding slots
 _CT = "__cotangent"  # per-atom data key of a computed value's cotangent in the reverse sweep
 
 
@@ -142,7 +141,7 @@ class _Block:
 
 
 @dataclass(frozen=True, eq=False)
-class CustomGB(EnergyTerm):
+class CustomGB(CutoffPairTerm):
     """OpenMM ``CustomGBForce`` over N particles (see the module docstring).
 
     space: boundary conditions (periodic only for ``CutoffPeriodic``; the minimum image is used
@@ -258,15 +257,6 @@ class CustomGB(EnergyTerm):
     @property
     def n_particles(self) -> int:
         return len(self.particle_types)
-
-    @property
-    def pair_cutoff(self) -> float:
-        return _NO_CUTOFF if self.method == "NoCutoff" else float(self.cutoff)
-
-    def neighbor_spec(self) -> NeighborSpec | None:
-        if self.method == "NoCutoff":
-            return None
-        return NeighborSpec(float(self.cutoff), self.skin)
 
     def init_params(self, particle, global_values: Mapping[str, float] | None = None) -> dict:
         """The parameter pytree, one flat dict keyed by the force's own names: per-particle

@@ -191,14 +191,15 @@ class ParameterPanel(widgets.VBox):
                 self._follow_session()
             r = s.last_record
             if r is not None:
-                used = {**r.params, **r.settings}
+                used = {k: v for k, v in {**r.params, **r.settings}.items()
+                        if k in self.sliders}  # a force field has thousands: show the sliders
                 text = ", ".join(f"{k}={_fmt(v)}" for k, v in used.items())
                 self.applied.value = (f'<small>last chunk ({r.index}) used:</small> '
                                       f'<span class="wb-applied-values">{html.escape(text)}'
                                       "</span>")
             else:
                 self.applied.value = "<small>no chunk run yet</small>"
-            pending = s.pending()
+            pending = {k: v for k, v in s.pending().items() if k in self.sliders}
             self.pending.value = ("<small>pending (next chunk): "
                                   + html.escape(", ".join(f"{k}={_fmt(v)}"
                                                           for k, v in pending.items()))

@@ -39,8 +39,7 @@ import numpy as np
 
 from .. import units
 from ..space import Space
-from .base import EnergyTerm, Evaluation, NeighborSpec
-from .pairloop import pair_blocks, row_forces
+from .pairloop import CutoffPairTerm, pair_blocks, row_forces
 
 Array = jax.Array
 
@@ -51,7 +50,6 @@ UNITS = {"charge": "e", "sigma": "nm", "epsilon": "kJ/mol", "coulomb14scale": ""
          "lj14scale": "", "exception_chargeprod": "e^2", "exception_sigma": "nm",
          "exception_epsilon": "kJ/mol"}
 """Unit of each parameter."""
-_NO_CUTOFF = 1.0e3  # nm: "infinite" cutoff for NoCutoff (masks only the padding slots)
 _QUADRATURE = np.polynomial.legendre.leggauss(48)
 
 
@@ -60,7 +58,7 @@ def _pairs(a) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class Nonbonded(EnergyTerm):
+class Nonbonded(CutoffPairTerm):
     """LJ + Coulomb over N particles (see the module docstring).
 
     space: boundary conditions (periodic for CutoffPeriodic, Ewald, PME). method: one of
@@ -136,10 +134,6 @@ class Nonbonded(EnergyTerm):
     def ewald(self) -> bool:
         return self.method in ("Ewald", "PME")
 
-    @property
-    def pair_cutoff(self) -> float:
-        return _NO_CUTOFF if self.method == "NoCutoff" else float(self.cutoff)
-
     def init_params(self, charge, sigma, epsilon, coulomb14scale=0.8333333333333334,
                     lj14scale=0.5, exception_chargeprod=(), exception_sigma=(),
                     exception_epsilon=()) -> dict[str, Array]:
@@ -171,11 +165,6 @@ class Nonbonded(EnergyTerm):
 
     def param_units(self) -> dict[str, str]:
         return dict(UNITS)
-
-    def neighbor_spec(self) -> NeighborSpec | None:
-        if self.method == "NoCutoff":
-            return None
-        return NeighborSpec(float(self.cutoff), self.skin)
 
     # ------------------------------------------------------------------ pair physics
     def _pair_energy(self, r2, qq, sig, eps, dtype):
@@ -326,13 +315,3 @@ class Nonbonded(EnergyTerm):
         return 8.0 * np.pi * n * n * pair_sum / (n * (n + 1) / 2.0) / volume
 
     # ------------------------------------------------------------------ contract
-    def energy(self, positions, params, aux=None, box=None):
-        space = self.box_space(box)
-        return (self._pair_sum(positions, params, aux, space, False)
-                + self._explicit_energy(positions, params, space))
-
-    def energy_forces(self, positions, params, aux=None, box=None):
-        space = self.box_space(box)
-        e_pair, f_pair = self._pair_sum(positions, params, aux, space, True)
-        e_rest, g = jax.value_and_grad(self._explicit_energy)(positions, params, space)
-        return Evaluation(energy=e_pair + e_rest, forces=f_pair - g)

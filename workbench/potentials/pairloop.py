@@ -23,10 +23,11 @@ import numpy as np
 from .. import neighbors as nl
 from .. import parallel
 from ..space import Space
+from .base import EnergyTerm, Evaluation, NeighborSpec
 
 Array = jax.Array
 
-__all__ = ["pair_blocks", "all_pairs_table", "row_forces", "as_list"]
+__all__ = ["NO_CUTOFF", "CutoffPairTerm", "all_pairs_table", "as_list", "pair_blocks", "row_forces"]
 
 
 def all_pairs_table(n: int) -> Array:
@@ -95,3 +96,40 @@ def row_forces(f: Array, dx: Array, dy: Array, dz: Array) -> Array:
     """Per-atom forces (B, 3) from pair force magnitudes over distance ``f`` (B, K): the row
     sums of f r_ij (a full list holds each pair in both rows)."""
     return jnp.stack([jnp.sum(f * dx, 1), jnp.sum(f * dy, 1), jnp.sum(f * dz, 1)], -1)
+
+
+NO_CUTOFF = 1.0e3
+"""nm: the "cutoff" of OpenMM's NoCutoff method in the pair loop (it masks only padding)."""
+
+
+class CutoffPairTerm(EnergyTerm):
+    """Base of pair terms with OpenMM's nonbonded methods (NoCutoff or a cutoff method), whose
+    energy is a sum over the pair loop plus an explicit rest.
+
+    Subclasses hold ``method``, ``cutoff`` (nm) and ``skin`` (nm) and define
+    ``_pair_sum(positions, params, aux, space, forces) -> energy or (energy, forces)`` (the
+    blocked loop, with hand-written forces) and ``_explicit_energy(positions, params, space)``
+    (everything else: exclusions, exceptions, reciprocal sums, long-range corrections;
+    differentiated by autodiff). NoCutoff runs over all pairs; cutoff methods read the shared
+    neighbor list."""
+
+    @property
+    def pair_cutoff(self) -> float:
+        """The cutoff the pair loop masks at (nm); :data:`NO_CUTOFF` for NoCutoff."""
+        return NO_CUTOFF if self.method == "NoCutoff" else float(self.cutoff)
+
+    def neighbor_spec(self) -> NeighborSpec | None:
+        if self.method == "NoCutoff":
+            return None
+        return NeighborSpec(float(self.cutoff), self.skin)
+
+    def energy(self, positions, params, aux=None, box=None):
+        space = self.box_space(box)
+        return (self._pair_sum(positions, params, aux, space, False)
+                + self._explicit_energy(positions, params, space))
+
+    def energy_forces(self, positions, params, aux=None, box=None):
+        space = self.box_space(box)
+        e_pair, f_pair = self._pair_sum(positions, params, aux, space, True)
+        e_rest, g = jax.value_and_grad(self._explicit_energy)(positions, params, space)
+        return Evaluation(energy=e_pair + e_rest, forces=f_pair - g)
