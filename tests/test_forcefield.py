@@ -218,3 +218,26 @@ def test_bad_files_and_small_boxes(tmp_path):
         with open(path, "w") as fh:
             app.PDBFile.writeFile(top, pos, fh)
         wfo.load(path, ["amber14-all.xml"], nonbonded_method="PME")
+
+
+# ---------------------------------------------------------------------------- the example molecule
+@pytest.mark.parametrize("forcefield,method", [
+    (["amber14-all.xml"], "NoCutoff"),
+    (["amber19-all.xml"], "NoCutoff"),                       # with CMAP
+    (["amber14-all.xml", "implicit/obc2.xml"], "NoCutoff"),  # CustomGBForce
+    (["amber14-all.xml", "implicit/gbn2.xml"], "NoCutoff"),
+], ids=["amber14", "amber19-cmap", "obc2", "gbn2"])
+def test_alanine_dipeptide_matches_openmm(forcefield, method):
+    from workbench.systems import data_file
+
+    s = wfo.load(data_file("alanine-dipeptide-vacuum.pdb"), forcefield, nonbonded_method=method)
+    _check(compare(s))
+
+
+@pytest.mark.slow
+def test_solvated_alanine_dipeptide_pme_matches_openmm():
+    from workbench.systems import data_file
+
+    s = wfo.load(data_file("alanine-dipeptide-water.pdb"), ["amber14-all.xml", "amber14/tip3p.xml"],
+                 nonbonded_method="PME", cutoff=1.0, rigid_water=False)
+    _check(compare(s))
