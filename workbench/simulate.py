@@ -167,14 +167,14 @@ class Simulation:
             "potential": state.potential_energy,
             "kinetic": ke,
             "total": state.potential_energy + ke,
-            "kT": 2.0 * ke / self.dof,
+            "kT": observables.kinetic_temperature(state.velocities, state.masses, self.dof),
         }
         if self.potential.space.periodic:
             w = (self.potential.virial(state.positions, params, state.aux, state.box)
                  if virial is None else virial)
             volume = jnp.abs(jnp.linalg.det(state.box))
             if self._groups is None:
-                out["pressure"] = (2.0 * ke + jnp.trace(w)) / (3.0 * volume)
+                out["pressure"] = observables.pressure(state.velocities, state.masses, w, volume)
             else:
                 out["pressure"] = observables.group_pressure(
                     state.positions, state.velocities, state.forces, state.masses,
