@@ -241,3 +241,22 @@ def test_solvated_alanine_dipeptide_pme_matches_openmm():
     s = wfo.load(data_file("alanine-dipeptide-water.pdb"), ["amber14-all.xml", "amber14/tip3p.xml"],
                  nonbonded_method="PME", cutoff=1.0, rigid_water=False)
     _check(compare(s))
+
+
+def test_new_type_parameter_values_do_not_retrace():
+    """Every term of an imported force field: three parameter values, one trace."""
+    from workbench.systems import data_file
+
+    s = wfo.load(data_file("alanine-dipeptide-vacuum.pdb"), ["amber19-all.xml"])
+    r = jnp.asarray(s.positions)
+    traces = {"n": 0}
+
+    def energy(params):
+        traces["n"] += 1
+        return s.potential.energy(r, params)
+
+    energy = jax.jit(energy)
+    for scale in (1.0, 1.1, 1.2):
+        p = jax.tree_util.tree_map(lambda x: x * scale, s.params)
+        assert np.isfinite(float(energy(p)))
+    assert traces["n"] == 1
