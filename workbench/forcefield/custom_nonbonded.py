@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import space as spaces
-from ..potentials.pairloop import CutoffPairTerm, pair_blocks, row_forces
+from ..potentials.pairloop import CutoffPairTerm, energy_and_forces, pair_blocks, row_forces
 from ..space import Space
 from . import fftypes
 from .custom_common import (
@@ -315,11 +315,7 @@ class CustomNonbonded(CutoffPairTerm):
             aux = None  # every pair, whatever list other terms share
         out, inverse = pair_blocks(positions, atoms, aux, space, self.pair_cutoff,
                                    self._pair_block(forces), (glob, tables, safe))
-        if not forces:
-            return jnp.sum(out)
-        e, f = out
-        f = f.reshape(-1, 3)[: positions.shape[0]]
-        return jnp.sum(e), (f if inverse is None else f[inverse])
+        return energy_and_forces(out, inverse, positions.shape[0], forces)
 
     # ------------------------------------------------------------------ the rest
     def _explicit_energy(self, positions, params, space):

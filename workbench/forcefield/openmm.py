@@ -147,34 +147,34 @@ def _space_for(system) -> spaces.Space:
     return spaces.triclinic(box)
 
 
+def _harmonic(term_class, rows, length_unit, force, space, labels):
+    """HarmonicBond / HarmonicAngle from OpenMM rows (atoms..., rest value, force constant)."""
+    from openmm import unit
+
+    arity = term_class.arity
+    atoms = [tuple(r[:arity]) for r in rows]
+    vals = [(_value(r[arity], length_unit),
+             _value(r[arity + 1], unit.kilojoule_per_mole / length_unit**2)) for r in rows]
+    types, names, first = fftypes.group(atoms, vals, labels).arrays()
+    term = term_class(np.asarray(atoms).reshape(-1, arity), types, names, space,
+                      periodic=force.usesPeriodicBoundaryConditions())
+    v = np.asarray(vals, float).reshape(-1, 2)[first] if len(first) else np.zeros((0, 2))
+    rest, k = term_class.param_names[1], term_class.param_names[0]
+    return term, term.init_params(**{rest: v[:, 0], k: v[:, 1]})
+
+
 def _bonds(force, space, labels):
     from openmm import unit
 
     rows = [force.getBondParameters(i) for i in range(force.getNumBonds())]
-    atoms = [(p1, p2) for p1, p2, _, _ in rows]
-    vals = [(_value(r0, unit.nanometer), _value(k, unit.kilojoule_per_mole / unit.nanometer**2))
-            for _, _, r0, k in rows]
-    table = fftypes.group(atoms, vals, labels)
-    types, names, first = table.arrays()
-    term = HarmonicBond(np.asarray(atoms).reshape(-1, 2), types, names, space,
-                        periodic=force.usesPeriodicBoundaryConditions())
-    v = np.asarray(vals, float).reshape(-1, 2)[first] if len(first) else np.zeros((0, 2))
-    return term, term.init_params(r0=v[:, 0], k=v[:, 1])
+    return _harmonic(HarmonicBond, rows, unit.nanometer, force, space, labels)
 
 
 def _angles(force, space, labels):
     from openmm import unit
 
     rows = [force.getAngleParameters(i) for i in range(force.getNumAngles())]
-    atoms = [tuple(r[:3]) for r in rows]
-    vals = [(_value(r[3], unit.radian), _value(r[4], unit.kilojoule_per_mole / unit.radian**2))
-            for r in rows]
-    table = fftypes.group(atoms, vals, labels)
-    types, names, first = table.arrays()
-    term = HarmonicAngle(np.asarray(atoms).reshape(-1, 3), types, names, space,
-                         periodic=force.usesPeriodicBoundaryConditions())
-    v = np.asarray(vals, float).reshape(-1, 2)[first] if len(first) else np.zeros((0, 2))
-    return term, term.init_params(theta0=v[:, 0], k=v[:, 1])
+    return _harmonic(HarmonicAngle, rows, unit.radian, force, space, labels)
 
 
 def _torsions(force, space, labels):

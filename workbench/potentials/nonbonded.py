@@ -39,7 +39,7 @@ import numpy as np
 
 from .. import units
 from ..space import Space
-from .pairloop import CutoffPairTerm, pair_blocks, row_forces
+from .pairloop import CutoffPairTerm, energy_and_forces, pair_blocks, row_forces
 
 Array = jax.Array
 
@@ -230,17 +230,11 @@ class Nonbonded(CutoffPairTerm):
     def _pair_sum(self, positions, params, aux, space, forces: bool):
         out, inverse = pair_blocks(positions, self._atoms(params), aux, space, self.pair_cutoff,
                                    self._pair_block(forces))
-        if not forces:
-            return jnp.sum(out)
-        e, f = out
-        f = f.reshape(-1, 3)[: positions.shape[0]]
-        return jnp.sum(e), (f if inverse is None else f[inverse])
+        return energy_and_forces(out, inverse, positions.shape[0], forces)
 
     # ------------------------------------------------------------------ the rest
     def _distances(self, positions, pairs, space):
-        d = positions[pairs[:, 0]] - positions[pairs[:, 1]]
-        if space.periodic:
-            d = space.displacement(positions[pairs[:, 0]], positions[pairs[:, 1]])
+        d = space.displacement(positions[pairs[:, 0]], positions[pairs[:, 1]])
         return jnp.sqrt(jnp.sum(d * d, -1))
 
     def _explicit_energy(self, positions, params, space):

@@ -34,7 +34,7 @@ import numpy as np
 from .. import neighbors as nl
 from ..space import Space
 from .base import EnergyTerm, Evaluation, NeighborSpec
-from .pairloop import as_list, pair_blocks, row_forces
+from .pairloop import as_list, energy_and_forces, pair_blocks, row_forces
 
 Array = jax.Array
 
@@ -312,15 +312,12 @@ class PairPotential(EnergyTerm):
 
     # ------------------------------------------------------------------ physics
     def _energy_forces(self, positions, params, aux, space):
-        n = positions.shape[0]
-
         def per_block(dx, dy, dz, r2, p):
             u, du = self._u_du(r2, p)
             return 0.5 * jnp.sum(u), row_forces(-2.0 * du, dx, dy, dz)
 
-        (e, f), inverse = self._blocks(positions, params, aux, space, per_block)
-        f = f.reshape(-1, 3)[:n]
-        return jnp.sum(e), (f if inverse is None else f[inverse])
+        out, inverse = self._blocks(positions, params, aux, space, per_block)
+        return energy_and_forces(out, inverse, positions.shape[0], True)
 
     def _energy_plain(self, positions, params, aux, space):
         e, _ = self._blocks(positions, params, aux, space,

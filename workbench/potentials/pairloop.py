@@ -27,7 +27,8 @@ from .base import EnergyTerm, Evaluation, NeighborSpec
 
 Array = jax.Array
 
-__all__ = ["NO_CUTOFF", "CutoffPairTerm", "all_pairs_table", "as_list", "pair_blocks", "row_forces"]
+__all__ = ["NO_CUTOFF", "CutoffPairTerm", "all_pairs_table", "as_list", "energy_and_forces",
+           "pair_blocks", "row_forces"]
 
 
 def all_pairs_table(n: int) -> Array:
@@ -90,6 +91,17 @@ def pair_blocks(positions: Array, per_atom: Any, aux, space: Space, cutoff: floa
     out = parallel.block_map(block, (xs, ys, zs, atoms, space, shared),
                              (starts, idx.reshape(rows // b, b, k)))
     return out, inverse
+
+
+def energy_and_forces(out, inverse, n: int, forces: bool):
+    """Finish a pair sum: ``out`` from :func:`pair_blocks` with per-block (energy, forces
+    (B, 3)) when ``forces``, else per-block energies. Returns the total energy, or (energy,
+    forces (N, 3) in atom order)."""
+    if not forces:
+        return jnp.sum(out)
+    e, f = out
+    f = f.reshape(-1, 3)[:n]
+    return jnp.sum(e), (f if inverse is None else f[inverse])
 
 
 def row_forces(f: Array, dx: Array, dy: Array, dz: Array) -> Array:
