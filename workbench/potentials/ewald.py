@@ -296,29 +296,31 @@ def _spread_charges(
 ) -> Array:
     """Charge grid Q (grid shape) from fractional coordinates (N, 3) by B-spline spreading.
 
-    A scatter-add of N * order^3 values (its gradient is a gather). Positions outside the unit
-    cell are wrapped.
+    Q[a, b, c] = sum_i q_i Wx[i, a] Wy[i, b] Wz[i, c], with W the (N, n_d) dense matrices of
+    each atom's ``order`` B-spline weights along one axis (spread forward from floor(u), with
+    wrapping). Written as an outer product and one matrix product instead of a scatter-add of
+    N order^3 values, because XLA's CPU scatter (and the gather of its gradient) is slow:
+    measured 10 ms -> 2 ms for value and gradient at 2347 atoms on a 24^3 grid. Positions
+    outside the unit cell are wrapped.
     """
     n = jnp.asarray(grid, dtype=fractional.dtype)
     u = (fractional - jnp.floor(fractional)) * n  # (N, 3) in [0, n]
     base = jnp.floor(u)
     dr = u - base
-    base = base.astype(jnp.int32)
-    weights = jnp.stack(_bspline_weights(dr, order), axis=1)  # (N, order, 3)
-    offsets = jnp.arange(order, dtype=jnp.int32)
+    base = jax.lax.stop_gradient(base).astype(jnp.int32)
+    weights = _bspline_weights(dr, order)  # order arrays (N, 3)
+
+    def dense(d):  # (N, n_d): weight j at grid point (base + j) mod n_d
+        shift = (jnp.arange(grid[d], dtype=jnp.int32)[None, :] - base[:, d:d + 1]) % grid[d]
+        out = jnp.zeros(shift.shape, fractional.dtype)
+        for j in range(order):
+            out = out + jnp.where(shift == j, weights[j][:, d:d + 1], 0.0)
+        return out
+
+    wx, wy, wz = dense(0), dense(1), dense(2)
     nx, ny, nz = grid
-    # Grid points reached along each axis: (N, order), spread forward from floor(u) with wrapping.
-    ix, iy, iz = ((base[:, None, d] + offsets) % grid[d] for d in range(3))
-    wx, wy, wz = (weights[:, :, d] for d in range(3))
-    flat = (ix[:, :, None, None] * ny + iy[:, None, :, None]) * nz + iz[:, None, None, :]
-    values = (
-        charges[:, None, None, None]
-        * wx[:, :, None, None]
-        * wy[:, None, :, None]
-        * wz[:, None, None, :]
-    )
-    q = jnp.zeros(nx * ny * nz, dtype=fractional.dtype).at[flat.reshape(-1)].add(values.reshape(-1))
-    return q.reshape(grid)
+    xy = ((charges[:, None] * wx)[:, :, None] * wy[:, None, :]).reshape(-1, nx * ny)
+    return (xy.T @ wz).reshape(grid)
 
 
 def _pme_influence(
