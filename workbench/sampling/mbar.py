@@ -69,6 +69,11 @@ def _check(u_kn, n_k):
     return u_kn, n_k
 
 
+def _log_counts(n_k):
+    """(K,) log N_k, -inf for unsampled states (they drop out of every mixture sum)."""
+    return jnp.where(n_k > 0, jnp.log(jnp.maximum(n_k, 1e-300)), -jnp.inf)
+
+
 def _log_denominator(f, u_kn, log_nk):
     """(N,) log sum_k N_k exp(f_k - u_kn)."""
     return logsumexp(log_nk[:, None] + f[:, None] - u_kn, axis=0)
@@ -78,7 +83,7 @@ def log_weights(f, u_kn, n_k) -> Array:
     """(K, N) log W_kn = f_k - u_kn - log sum_k' N_k' exp(f_k' - u_k'n): normalized weights of
     every sample in every state (rows sum to one in exp)."""
     u_kn, n_k = _check(u_kn, n_k)
-    log_nk = jnp.where(n_k > 0, jnp.log(jnp.maximum(n_k, 1e-300)), -jnp.inf)
+    log_nk = _log_counts(n_k)
     return f[:, None] - u_kn - _log_denominator(f, u_kn, log_nk)[None, :]
 
 
@@ -87,7 +92,7 @@ def _objective(f, u_kn, n_k, log_nk):
 
 
 def _solve(u_kn, n_k, f0, max_iter: int, tol):
-    log_nk = jnp.where(n_k > 0, jnp.log(jnp.maximum(n_k, 1e-300)), -jnp.inf)
+    log_nk = _log_counts(n_k)
     n = u_kn.shape[1]
 
     def grad_hess(f):
@@ -167,7 +172,7 @@ def mbar(u_kn, n_k, *, f_init=None, max_iter: int = 100, tol: float = 1e-12) -> 
     its, f, gnorm = _solve(jax.lax.stop_gradient(u_kn), jax.lax.stop_gradient(n_k),
                            jax.lax.stop_gradient(f0), int(max_iter), tol)
     f = _implicit(f, u_kn, n_k)
-    log_nk = jnp.where(n_k > 0, jnp.log(jnp.maximum(n_k, 1e-300)), -jnp.inf)
+    log_nk = _log_counts(n_k)
     log_d = _log_denominator(f, u_kn, log_nk)
     # Every state's f from the pooled samples (the unsampled ones too), relative to state 0.
     f = -logsumexp(-u_kn - log_d[None, :], axis=1)
@@ -194,7 +199,7 @@ def _implicit_jvp(primals, tangents):
     tangent here (the pooled formula in :func:`mbar` gives theirs)."""
     f, u_kn, n_k = primals
     _, du, _ = tangents
-    log_nk = jnp.where(n_k > 0, jnp.log(jnp.maximum(n_k, 1e-300)), -jnp.inf)
+    log_nk = _log_counts(n_k)
     free = _free_states(n_k)
 
     def g(f, u):
