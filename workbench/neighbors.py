@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import parallel
+from . import listbuild, parallel
 from .space import Space
 
 Array = jax.Array
@@ -58,8 +58,10 @@ class NeighborList:
       from all pairs.
     grid: cells per box vector (static), or None for an all-pairs build.
     reach: cells are at least (cutoff + skin) / reach wide (static, :data:`REACH`).
-    method: "auto" (cells unless they cost more than all pairs, see ALL_PAIRS_COST), "cells" or
+    method: "auto" (cells unless they cost more than all pairs, see CELL_COST), "cells" or
       "all_pairs" (static).
+    sort_grid: coarse cells (per box vector, or per side of the positions' bounding box in free
+      space) that an all-pairs build sorts atoms by, for memory locality (static); None: no sort.
     """
 
     idx: Array
@@ -77,6 +79,7 @@ class NeighborList:
     grid: tuple[int, int, int] | None = field(metadata=dict(static=True), default=None)
     reach: int = field(metadata=dict(static=True), default=1)
     method: str = field(metadata=dict(static=True), default="auto")
+    sort_grid: tuple[int, int, int] | None = field(metadata=dict(static=True), default=None)
 
     @property
     def n_atoms(self) -> int:
@@ -98,6 +101,17 @@ each atom ((5/2)^3 = 15.6 list-cutoff cubes instead of 27 with full-cutoff cells
 faster builds at 32000 atoms. The code works for any reach >= 1."""
 
 
+def _sort_grid_for(space: Space, r: np.ndarray, list_cutoff: float) -> tuple[int, int, int]:
+    """Coarse cells (about half a list cutoff wide, at most 16 per side) for the sort of an
+    all-pairs build: a block of 64 sorted atoms then spans about one list cutoff."""
+    if space.periodic:
+        widths = space.perpendicular_widths()
+    else:
+        widths = np.ptp(r, axis=0) if len(r) else np.zeros(3)
+    g = np.clip(np.floor(np.asarray(widths) * REACH / list_cutoff), 1, 16)
+    return tuple(int(x) for x in g)
+
+
 def _grid_for(space: Space, list_cutoff: float) -> tuple[tuple[int, int, int] | None, int]:
     """(cells per box vector, reach) for a cell build, or (None, 0) when the box is too small
     for one (fewer than 2 reach + 1 cells per side) or not periodic."""
@@ -110,23 +124,10 @@ def _grid_for(space: Space, list_cutoff: float) -> tuple[tuple[int, int, int] | 
     return None, 0
 
 
-def _cell_ids(space: Space, positions: Array, grid) -> Array:
-    s = space.to_fractional(positions)
-    s = s - jnp.floor(s)
-    g = jnp.asarray(grid, dtype=jnp.int32)
-    c = jnp.clip(jnp.floor(s * g).astype(jnp.int32), 0, g - 1)
-    return (c[:, 0] * grid[1] + c[:, 1]) * grid[2] + c[:, 2]
-
-
 BLOCK = 256
 """Atoms per block in the list build and the pair kernels. Working through the atoms in blocks
 keeps the (B, K) temporaries in cache; XLA does not fuse the unblocked form and streams a dozen
 (N, K) arrays through memory (measured 4x slower on CPU)."""
-
-
-BUILD_BLOCK = 64
-"""Atoms per block in the cell-list build: its (B, runs, run capacity) temporaries are 9-25x larger
-than the pair kernels' (B, K), so smaller blocks keep them in cache."""
 
 
 def padded_rows(n: int) -> int:
@@ -136,133 +137,13 @@ def padded_rows(n: int) -> int:
     return -(-n // step) * step
 
 
-def _all_pairs_build(space: Space, positions: Array, nbrs: NeighborList):
-    """All-pairs build for small or non-periodic systems: (idx (rows, K), max_count)."""
-    n, k = positions.shape[0], nbrs.idx.shape[1]
-    cand = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (n, n))
-    dr = space.displacement(positions[:, None, :], positions[None, :, :])
-    r2 = jnp.sum(dr * dr, axis=-1)
-    rows = jnp.arange(n, dtype=jnp.int32)[:, None]
-    valid = (cand != rows) & (r2 < nbrs.list_cutoff**2)
-    count = jnp.sum(valid, axis=1, dtype=jnp.int32)
-    slot = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1
-    slot = jnp.where(valid & (slot < k), slot, k)
-    idx = jnp.full((n, k + 1), n, jnp.int32).at[rows, slot].set(cand, mode="drop")[:, :k]
-    idx = jnp.concatenate([idx, jnp.full((nbrs.idx.shape[0] - n, k), n, jnp.int32)])
-    return idx, jnp.max(count)
-
-
-def _cell_build(space: Space, positions: Array, nbrs: NeighborList):
-    """Cell-grid build in spatially sorted order, over z-runs of cells.
-
-    Cells are at least ``list_cutoff / reach`` wide, so the neighbors of an atom lie in the
-    (2 reach + 1)^3 cells around its own. Atoms are sorted by cell id (z fastest), so the
-    2 reach + 1 cells of one (x, y) column form one contiguous range of the sorted atoms (two
-    when the run wraps through the periodic z boundary): each atom tests (2 reach + 1)^2 runs of
-    at most ``cell_capacity`` atoms, with no cell table to gather from.
-
-    The hits are compacted without a scatter (scatters are slow on XLA's CPU backend): a bitmask
-    per run, population counts and their prefix over the runs give each output slot its run (a
-    binary search), its bit (a search by population counts) and so its atom. Returns (idx
-    (rows, K) in sorted order, order, inverse, max_count, max_run)."""
-    n, (rows, k) = positions.shape[0], nbrs.idx.shape
-    (g0, g1, g2), reach, m = nbrs.grid, nbrs.reach, nbrs.cell_capacity
-    cid = _cell_ids(space, positions, nbrs.grid)
-    order = jnp.argsort(cid).astype(jnp.int32)
-    inverse = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
-    counts = jnp.zeros(g0 * g1 * g2, jnp.int32).at[cid].add(1)
-    end = jnp.cumsum(counts, dtype=jnp.int32)
-    start = end - counts
-    c3 = counts.reshape(g0, g1, g2)
-    max_run = jnp.max(sum(jnp.roll(c3, dz, axis=2) for dz in range(-reach, reach + 1)))
-    rs = positions[order]
-    xs, ys, zs = (jnp.concatenate([rs[:, a], jnp.zeros(rows - n, rs.dtype)]) for a in range(3))
-    cs = jnp.concatenate([cid[order], jnp.zeros(rows - n, jnp.int32)])
-    rc2 = nbrs.list_cutoff**2
-    off = np.array([(a, b) for a in range(-reach, reach + 1) for b in range(-reach, reach + 1)])
-    n_runs, n_words, bb = len(off), -(-m // 32), BUILD_BLOCK
-    search = 1 << (n_runs - 1).bit_length()  # binary-search width over the runs
-
-    def take(x, q):  # x: (B, runs), q: (B, K) -> (B, K)
-        return jnp.take_along_axis(x, q, axis=1)
-
-    def block(sh, b):
-        space, start, end, cs, xs, ys, zs = sh
-        ii = b * bb + jnp.arange(bb, dtype=jnp.int32)
-        c = cs[ii]
-        cz, cy, cx = c % g2, (c // g2) % g1, c // (g1 * g2)
-        base = (((cx[:, None] + off[:, 0]) % g0) * g1 + (cy[:, None] + off[:, 1]) % g1) * g2
-        lo, hi = (cz - reach)[:, None], (cz + reach)[:, None]
-        za0 = jnp.where(lo < 0, lo + g2, lo)
-        za1 = jnp.where((lo < 0) | (hi >= g2), g2 - 1, hi)
-        zb1 = jnp.where(lo < 0, hi, jnp.where(hi >= g2, hi - g2, -1))
-        s_a = start[base + za0]  # (B, runs): first piece of each run
-        l_a = end[base + za1] - s_a
-        s_b = start[base]  # second piece (wrapped through z = 0)
-        l_b = jnp.where(zb1 >= 0, end[base + jnp.maximum(zb1, 0)] - s_b, 0)
-        j = jnp.arange(m, dtype=jnp.int32)
-        la3 = l_a[..., None]
-        cj = jnp.where(j < la3, s_a[..., None] + j, s_b[..., None] + j - la3)  # (B, runs, m)
-        valid = j < (l_a + l_b)[..., None]
-        cj = jnp.where(valid, cj, 0)
-        dx, dy, dz = space.displacement_components(
-            xs[ii][:, None, None] - xs[cj], ys[ii][:, None, None] - ys[cj],
-            zs[ii][:, None, None] - zs[cj])
-        hit = valid & (dx * dx + dy * dy + dz * dz < rc2) & (cj != ii[:, None, None])
-        hit = hit & (ii < n)[:, None, None]
-        bits = jnp.left_shift(hit.astype(jnp.uint32), (j % 32).astype(jnp.uint32))
-        words = [jnp.sum(jnp.where(j // 32 == w, bits, 0), -1, dtype=jnp.uint32)
-                 for w in range(n_words)]  # (B, runs) each
-        pops = [jax.lax.population_count(w).astype(jnp.int32) for w in words]
-        per_run = sum(pops)
-        acc, ends = jnp.zeros(bb, jnp.int32), []
-        for q in range(n_runs):  # inclusive prefix over the runs (adds: cheaper than cumsum)
-            acc = acc + per_run[:, q]
-            ends.append(acc)
-        ends = jnp.stack(ends, 1)  # (B, runs)
-        big = jnp.full((bb, search - n_runs), jnp.iinfo(jnp.int32).max, jnp.int32)
-        ends_pad = jnp.concatenate([ends, big], 1)
-        t = jnp.arange(k, dtype=jnp.int32)[None, :]
-        q = jnp.zeros((bb, k), jnp.int32)  # run of output slot t: number of run ends <= t
-        step = search // 2
-        while step:
-            q = jnp.where(take(ends_pad, q + step - 1) <= t, q + step, q)
-            step //= 2
-        q = jnp.minimum(q, n_runs - 1)
-        rank = t - (take(ends, q) - take(per_run, q))  # rank of the slot's hit in its run
-        word, bit0 = take(words[0], q), jnp.zeros((bb, k), jnp.int32)
-        for w in range(1, n_words):  # find the word holding that hit
-            p = take(pops[w - 1], q)
-            go = (bit0 == 32 * (w - 1)) & (rank >= p)
-            rank = jnp.where(go, rank - p, rank)
-            bit0 = jnp.where(go, 32 * w, bit0)
-            word = jnp.where(go, take(words[w], q), word)
-        pos = jnp.zeros((bb, k), jnp.uint32)  # position of the rank-th set bit of word
-        for width in (16, 8, 4, 2, 1):
-            mask = jnp.uint32((1 << width) - 1)
-            cnt = jax.lax.population_count(jnp.right_shift(word, pos) & mask).astype(jnp.int32)
-            go = rank >= cnt
-            rank = jnp.where(go, rank - cnt, rank)
-            pos = jnp.where(go, pos + jnp.uint32(width), pos)
-        slot = bit0 + pos.astype(jnp.int32)
-        la = take(l_a, q)
-        atom = jnp.where(slot < la, take(s_a, q) + slot, take(s_b, q) + slot - la)
-        return jnp.where(t < acc[:, None], atom, n), jnp.max(acc)
-
-    shared = (space, start, end, cs, xs, ys, zs)
-    idx, counts_max = parallel.block_map(block, shared, jnp.arange(rows // bb))
-    return idx.reshape(rows, k), order, inverse, jnp.max(counts_max), max_run
-
-
 def _build(space: Space, positions: Array, nbrs: NeighborList) -> NeighborList:
-    n = positions.shape[0]
     k = nbrs.idx.shape[1]
     if nbrs.grid is None:
-        idx, max_count = _all_pairs_build(space, positions, nbrs)
-        order = inverse = jnp.arange(n, dtype=jnp.int32)
+        idx, order, inverse, max_count = listbuild.all_pairs_build(space, positions, nbrs)
         max_cell = jnp.int32(0)
     else:
-        idx, order, inverse, max_count, max_cell = _cell_build(space, positions, nbrs)
+        idx, order, inverse, max_count, max_cell = listbuild.cell_build(space, positions, nbrs)
     idx = parallel.shard_rows(idx)  # each device keeps its own blocks' rows
     overflow = nbrs.overflow | (max_count > k) | (max_cell > nbrs.cell_capacity)
     if nbrs.grid is not None:
@@ -329,15 +210,29 @@ def _host_cells(space: Space, r: np.ndarray, grid) -> np.ndarray:
     return (c[:, 0] * grid[1] + c[:, 1]) * grid[2] + c[:, 2]
 
 
-def _host_pairs(space: Space, r: np.ndarray, list_cutoff: float, grid, reach: int):
+def _host_sort_ids(space: Space, r: np.ndarray, sort_grid) -> np.ndarray:
+    """Host twin of :func:`workbench.listbuild.sort_ids` (NumPy, float64)."""
+    if space.periodic:
+        return _host_cells(space, r, sort_grid)
+    lo = r.min(axis=0)
+    frac = (r - lo) / np.maximum(r.max(axis=0) - lo, 1e-6)
+    c = np.clip(np.floor(frac * sort_grid).astype(np.int64), 0, np.array(sort_grid) - 1)
+    return (c[:, 0] * sort_grid[1] + c[:, 1]) * sort_grid[2] + c[:, 2]
+
+
+def _host_pairs(space: Space, r: np.ndarray, list_cutoff: float, grid, reach: int,
+                sort_grid=None):
     """Host-side (NumPy, float64) search for every pair closer than ``list_cutoff``, in the
     same sorted order and with the same z-runs as the compiled build, but with no capacities
-    (so allocation needs no compilation and finds the true counts). Returns (order (N,),
-    i (P,), j (P,) sorted positions with i ascending, largest run occupancy)."""
+    (so allocation needs no compilation and finds the true counts); an all-pairs search sorts
+    by ``sort_grid`` as the compiled build does. Returns (order (N,), i (P,), j (P,) sorted
+    positions with i ascending, largest run occupancy)."""
     n = r.shape[0]
     lc2 = list_cutoff**2
     if grid is None:
-        order, rs, max_run = np.arange(n), r, 0
+        order = (np.arange(n) if sort_grid is None
+                 else np.argsort(_host_sort_ids(space, r, sort_grid), kind="stable"))
+        rs, max_run = r[order], 0
         found_i, found_j = [], []
         for s0 in range(0, n, 512):  # all pairs, in slabs of rows to bound memory
             rows = np.arange(s0, min(s0 + 512, n))
@@ -444,7 +339,8 @@ def allocate(
         cell_capacity = _run_capacity(space, r, grid, reach, capacity_factor)
         if method == "auto" and _cells_cost_more(reach, cell_capacity, n):
             grid, reach, cell_capacity = None, 0, 0
-    pairs = _host_pairs(space, r, cutoff + skin, grid, reach)
+    sort_grid = _sort_grid_for(space, r, cutoff + skin) if grid is None and n else None
+    pairs = _host_pairs(space, r, cutoff + skin, grid, reach, sort_grid)
     max_count = int(np.bincount(pairs[1], minlength=n).max()) if pairs[1].size else 0
     k = max(1, min(int(np.ceil(max_count * capacity_factor)) + min_extra, max(n - 1, 1)))
     template = NeighborList(
@@ -463,6 +359,7 @@ def allocate(
         grid=grid,
         reach=max(reach, 1),
         method=method,
+        sort_grid=sort_grid,
     )
     return _host_list(space, positions, pairs, template, k, cell_capacity)
 
@@ -482,12 +379,14 @@ def grow(positions, nbrs: NeighborList, factor: float = 1.25) -> NeighborList:
         cell_capacity = max(need, nbrs.cell_capacity) if same else need
         if nbrs.method == "auto" and _cells_cost_more(reach, cell_capacity, n):
             grid, reach, cell_capacity = None, 0, 0
-    pairs = _host_pairs(space, r, nbrs.list_cutoff, grid, reach)
+    sort_grid = _sort_grid_for(space, r, nbrs.list_cutoff) if grid is None and n else None
+    pairs = _host_pairs(space, r, nbrs.list_cutoff, grid, reach, sort_grid)
     max_count = int(np.bincount(pairs[1], minlength=n).max()) if pairs[1].size else 0
     seen = max(max_count, int(nbrs.max_count))
     k = max(nbrs.capacity + 1, int(np.ceil(seen * factor)))
     k = min(k, max(n - 1, 1))
-    template = replace(nbrs, grid=grid, reach=max(reach, 1), overflow=jnp.asarray(False))
+    template = replace(nbrs, grid=grid, reach=max(reach, 1), overflow=jnp.asarray(False),
+                       sort_grid=sort_grid)
     return _host_list(space, positions, pairs, template, k, cell_capacity)
 
 
@@ -496,16 +395,17 @@ def _candidates(reach: int, cell_capacity: int) -> int:
     return (2 * reach + 1) ** 2 * cell_capacity
 
 
-ALL_PAIRS_COST = 4
-"""Relative cost per candidate of the all-pairs build (a scatter per pair) against the cell
-build (bitmask compaction, no scatter). Measured on the 2-core machine for 2685 TIP3P atoms,
-cutoff + skin 1.1 nm: cells 171 ms testing 3600 candidates per atom, all pairs 1450 ms testing
-2685: about 11x per candidate; 4 keeps all pairs for small systems, where it compiles faster."""
+CELL_COST = 6
+"""Relative cost per candidate of the cell build against the all-pairs build. Both compact
+hits the same way (:func:`workbench.listbuild.compact`), but a cell build gathers its candidates
+run by run while all pairs stream every atom. Measured on the 2-core machine for LJ fluids at
+density 0.8442, list cutoff 2.8 sigma: per candidate 5.4/0.95, 4.5/0.74 and 3.3/0.58 ps at
+2048, 4000 and 6912 atoms (rebuilds 8.0/4.0, 13.4/11.9, 15.4/27.9 ms): about 6x."""
 
 
 def _cells_cost_more(reach: int, cell_capacity: int, n: int) -> bool:
     """True when the cell build would cost more than the all-pairs build ("auto" method)."""
-    return _candidates(reach, cell_capacity) >= ALL_PAIRS_COST * n
+    return CELL_COST * _candidates(reach, cell_capacity) >= n
 
 
 def _run_capacity(space: Space, r: np.ndarray, grid, reach: int, factor: float) -> int:
