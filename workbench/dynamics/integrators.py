@@ -65,7 +65,9 @@ class MDState:
     """positions, velocities, forces: (N, 3) in nm, nm/ps, kJ/mol/nm; masses: (N,) amu;
     potential_energy: () kJ/mol; aux: the potential's neighbor list (or None); box: (3, 3) nm,
     rows are the box vectors (zeros in free space; a barostat changes it); key: PRNG key;
-    step: () int; chain: thermostat state or None."""
+    step: () int; chain: thermostat state or None; extra: a sampler's own fields (a
+    metadynamics bias, Monte Carlo step sizes, ...), any pytree or None; integrators carry it
+    through unchanged."""
 
     positions: Array
     velocities: Array
@@ -77,6 +79,7 @@ class MDState:
     key: Array
     step: Array
     chain: ChainState | None = None
+    extra: Any = None
 
 
 SETTING_UNITS = {"dt": "ps", "kT": "kJ/mol", "gamma": "1/ps", "tau": "ps"}

@@ -1,0 +1,169 @@
+"""Grid biases and well-tempered metadynamics against exact free energies: a particle in a 1-D
+double well (F(x) = U(x) exactly, the other two coordinates separate) and the 2-D Mueller-Brown
+surface."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from workbench.potentials.base import FunctionPotential
+from workbench.sampling import bias, cv
+from workbench.sampling import metadynamics as md
+
+KT = 2.5  # kJ/mol
+BARRIER = 5.0 * KT
+
+
+def double_well(r, p):
+    """U = h (x^2 - 1)^2 + 50 (y^2 + z^2) kJ/mol, x in nm: F(x) = U(x, 0, 0) + const."""
+    x = r[0, 0]
+    return p["h"] * (x * x - 1.0) ** 2 + 50.0 * (r[0, 1] ** 2 + r[0, 2] ** 2)
+
+
+def exact_double_well(x):
+    return BARRIER * (x * x - 1.0) ** 2
+
+
+@pytest.fixture
+def x64():
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", old)
+
+
+def test_hermite_grid_reproduces_a_gaussian_and_its_gradient(x64):
+    cvs = [cv.Position(0, 0), cv.Dihedral(0, 1, 2, 3)]
+    grid = bias.Grid.for_cvs(cvs, lower=[-2.0, None], upper=[2.0, None], bins=[80, 72])
+    centre, sigma = jnp.array([0.3, 3.0]), jnp.array([0.2, 0.4])
+    table = bias.gaussian_on_grid(grid, centre, sigma, 1.5)
+
+    def exact(s):
+        d = cv.wrap((s - centre)[None], cv.periods(cvs))[0]
+        return 1.5 * jnp.exp(-0.5 * jnp.sum((d / sigma) ** 2))
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # includes points across the periodic seam at +-pi
+        s = jnp.array([rng.uniform(-1.9, 1.9), rng.uniform(-np.pi, np.pi)])
+        got = bias.hermite_interpolate(grid, table, s)
+        assert float(got) == pytest.approx(float(exact(s)), abs=5e-5)
+        g = jax.grad(lambda x: bias.hermite_interpolate(grid, table, x))(s)
+        np.testing.assert_allclose(np.asarray(g), np.asarray(jax.grad(exact)(s)), atol=5e-3)
+    # exactly periodic: the same value one period apart
+    s = jnp.array([0.1, 3.1])
+    assert float(bias.hermite_interpolate(grid, table, s)) == pytest.approx(
+        float(bias.hermite_interpolate(grid, table, s - jnp.array([0.0, 2 * np.pi]))), abs=1e-12)
+
+
+def test_grid_bias_forces_equal_finite_differences(x64):
+    c = cv.Distance(0, 1)
+    grid = bias.Grid.for_cvs([c], lower=0.0, upper=2.0, bins=100)
+    term = bias.GridBias([c], grid)
+    table = sum(bias.gaussian_on_grid(grid, jnp.array([m]), jnp.array([0.15]), h)
+                for m, h in [(0.5, 1.0), (0.8, 2.0), (1.1, 0.5)])
+    r = jnp.array([[0.0, 0.0, 0.0], [0.5, 0.4, 0.3]])
+    f = term.energy_forces(r, {"table": table}).forces
+    h = 1e-6
+    for a in range(3):
+        dr = jnp.zeros_like(r).at[1, a].set(h)
+        p = {"table": table}
+        num = -(term.energy(r + dr, p) - term.energy(r - dr, p)) / (2 * h)
+        assert float(f[1, a]) == pytest.approx(float(num), rel=1e-6)
+    np.testing.assert_allclose(np.asarray(f[0]), -np.asarray(f[1]), rtol=1e-12)
+
+
+def _run_walkers(sampler, params, settings, walkers, steps, chunks, record):
+    """Run ``chunks`` x ``steps`` steps of the walkers; after each chunk call record(state)."""
+    start = np.tile(np.array([[-1.0, 0.0, 0.0]]), (walkers, 1, 1))
+    start[walkers // 2:, 0, 0] = 1.0
+    state = sampler.init_walkers(jax.random.PRNGKey(3), start, params, settings)
+
+    @jax.jit
+    def chunk(state):
+        def body(c, _):
+            c = sampler.step_walkers(c, params, settings, energy=False)
+            s = c.positions[:, 0, 0]
+            v = jax.vmap(lambda x: sampler.bias.bias_at(x[None], {"table": c.extra.table}))(s)
+            return c, (s, v - md.rct(sampler, c.extra, settings.kT))
+        return jax.lax.scan(body, state, None, length=steps)
+
+    for _ in range(chunks):
+        state, out = chunk(state)
+        record(state, out)
+    return state
+
+
+def test_well_tempered_metadynamics_recovers_the_double_well():
+    params = {"h": jnp.asarray(BARRIER)}
+    sampler = md.metadynamics(FunctionPotential(double_well), cv.Position(0, 0), sigma=0.1,
+                              height=0.5, bias_factor=10.0, pace=50, lower=-2.5, upper=2.5,
+                              bins=250)
+    settings = sampler.inner.settings(dt=0.01, kT=KT, gamma=5.0)
+    estimates, samples = [], []
+
+    def record(state, out):
+        estimates.append(md.free_energy(sampler, state.extra)[1])
+        samples.append(tuple(np.asarray(o) for o in out))
+
+    state = _run_walkers(sampler, params, settings, walkers=8, steps=10000, chunks=16,
+                         record=record)
+    assert int(state.extra.n_hills) == 8 * 16 * 10000 // 50
+    x = sampler.bias.grid.axes()[0]
+    exact = exact_double_well(x)
+    region = exact < 3.0 * KT  # the sampled region, wells and barrier (5 kT: region < 3 kT)
+    region &= np.abs(x) < 1.6
+
+    def error(f):
+        d = (f - exact)[region]
+        return np.abs(d - d.mean()).max() / KT
+
+    # sum of hills, averaged over the second half of the run (the bias then only fluctuates)
+    hills = np.mean(estimates[len(estimates) // 2:], axis=0)
+    print("metad errors (kT): hills", error(hills))
+    assert error(hills) < 0.2, error(hills)
+    # reweighting (Tiwary-Parrinello) over the second half
+    s = np.concatenate([a for a, _ in samples[len(samples) // 2:]]).ravel()
+    lw = np.concatenate([b for _, b in samples[len(samples) // 2:]]).ravel() / KT
+    _, f_rw = md.reweighted_free_energy(sampler.bias.grid, s, lw, KT)
+    assert np.all(np.isfinite(f_rw[region]))
+    print("reweighting", error(f_rw))
+    assert error(f_rw) < 0.2, error(f_rw)
+
+
+def test_metadynamics_runs_in_the_simulation_driver_without_recompiling():
+    from workbench.simulate import Simulation
+
+    params = {"h": jnp.asarray(BARRIER)}
+    sampler = md.metadynamics(FunctionPotential(double_well), cv.Position(0, 0), sigma=0.1,
+                              height=0.5, bias_factor=10.0, pace=10, lower=-2.5, upper=2.5,
+                              bins=250)
+    sim = Simulation(FunctionPotential(double_well), params, sampler,
+                     dict(dt=0.01, kT=KT, gamma=5.0), np.array([[-1.0, 0.0, 0.0]]),
+                     report_interval=100, frames_per_chunk=2, seed=1)
+    frame = sim.advance()
+    assert int(sim.state.extra.n_hills) == 20
+    # the reported energy is the system's, not the biased one
+    r = frame.positions[-1]
+    assert frame.thermo["potential"][-1] == pytest.approx(
+        float(double_well(jnp.asarray(r), params)), rel=1e-5)
+    assert float(md.bias_energy(sampler, sim.state)) > 0.0
+    for h in (10.0, 11.0, 12.0):  # new parameter values: one compiled chunk
+        sim.set_params({"h": jnp.asarray(h)})
+        sim.advance()
+    assert sim.compile_count == 1
+    assert int(sim.state.extra.n_hills) == 80
+
+
+def test_bad_metadynamics_input_is_named():
+    pot = FunctionPotential(double_well)
+    with pytest.raises(ValueError, match="bias_factor"):
+        md.metadynamics(pot, cv.Position(0, 0), sigma=0.1, height=1.0, bias_factor=1.0,
+                        lower=-1, upper=1)
+    with pytest.raises(ValueError, match="lower and upper"):
+        md.metadynamics(pot, cv.Position(0, 0), sigma=0.1, height=1.0)
+    with pytest.raises(ValueError, match="narrower than the grid spacing"):
+        md.metadynamics(pot, cv.Position(0, 0), sigma=0.001, height=1.0, lower=-1, upper=1)
+    with pytest.raises(ValueError, match="1 or 2 CVs"):
+        md.metadynamics(pot, [cv.Position(0, a) for a in range(3)], sigma=0.1, height=1.0,
+                        lower=-1, upper=1)

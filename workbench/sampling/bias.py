@@ -1,0 +1,225 @@
+"""Bias potentials on collective variables, as energy terms (:mod:`workbench.potentials.base`):
+add one to a system with ``Sum({"system": potential, "bias": bias})`` and every integrator,
+minimizer and driver runs the biased system unchanged. Their parameters are ordinary params, so
+a batch of umbrella windows is a batch (``vmap``) of bias params, and a new window centre or a
+grown metadynamics bias never recompiles.
+
+* :class:`Harmonic`: 0.5 sum_a k_a (s_a - s0_a)^2 (umbrella windows, restraints; PLUMED RESTRAINT).
+* :class:`GridBias`: a bias tabulated on a 1-D or 2-D grid of CV values with its derivatives,
+  interpolated by cubic Hermite polynomials (C1: continuous forces), the bias metadynamics grows.
+  :class:`Grid` describes the grid; :func:`gaussian_on_grid` gives a hill's table.
+
+Energies in kJ/mol; CV units as the CVs (nm, rad).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import space as spaces
+from ..potentials.base import EnergyTerm
+from ..space import Space
+from . import cv as cvs_mod
+
+Array = jax.Array
+
+__all__ = ["Harmonic", "Grid", "GridBias", "gaussian_on_grid", "hermite_interpolate"]
+
+
+@dataclass(frozen=True, eq=False)
+class Harmonic(EnergyTerm):
+    """Harmonic bias 0.5 sum_a k_a wrap(s_a - center_a)^2 on ``cvs``.
+
+    params: ``{"center": (d,), "k": (d,)}`` (CV units; kJ/mol per CV unit squared), from
+    :meth:`init_params`. Periodic CVs use the wrapped difference."""
+
+    cvs: Sequence[cvs_mod.CV]
+    space: Space = field(default_factory=spaces.free)
+
+    def __post_init__(self):
+        object.__setattr__(self, "cvs", cvs_mod._check_cvs(self.cvs))
+
+    def init_params(self, center, k) -> dict[str, Array]:
+        d = len(self.cvs)
+        c = jnp.broadcast_to(jnp.asarray(center, jnp.result_type(float)), (d,))
+        kk = jnp.broadcast_to(jnp.asarray(k, jnp.result_type(float)), (d,))
+        if np.any(np.asarray(kk) < 0):
+            raise ValueError(f"force constants k must be >= 0, got {np.asarray(kk)}")
+        return {"center": c, "k": kk}
+
+    def param_units(self) -> dict[str, str]:
+        return {"center": "CV units", "k": "kJ/mol/(CV unit)^2"}
+
+    def energy(self, positions, params, aux=None, box=None):
+        s = cvs_mod.values(self.cvs, positions, box)
+        d = cvs_mod.wrap(s - params["center"], cvs_mod.periods(self.cvs))
+        return 0.5 * jnp.sum(params["k"] * d * d)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A grid over d = 1 or 2 CVs. Along a periodic axis (``period`` not None) the points are
+    lower + i h, i < bins, with h = period / bins and upper = lower + period; along a bounded axis
+    they are lower + i h, i <= bins, h = (upper - lower) / bins. CV values outside a bounded axis
+    are clamped to it (zero bias force there)."""
+
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    bins: tuple[int, ...]
+    periods: tuple[float | None, ...]
+
+    def __post_init__(self):
+        d = len(self.bins)
+        if d not in (1, 2) or not (len(self.lower) == len(self.upper) == len(self.periods) == d):
+            raise ValueError("Grid: lower, upper, bins and periods need one entry per CV (1 or 2)")
+        for a in range(d):
+            if not self.upper[a] > self.lower[a] or self.bins[a] < 2:
+                raise ValueError(f"Grid axis {a}: need upper > lower and bins >= 2, got "
+                                 f"[{self.lower[a]}, {self.upper[a]}] with {self.bins[a]} bins")
+            p = self.periods[a]
+            if p is not None and not np.isclose(self.upper[a] - self.lower[a], p):
+                raise ValueError(f"Grid axis {a} is periodic (period {p}): it must span one "
+                                 f"period, got [{self.lower[a]}, {self.upper[a]}]")
+
+    @classmethod
+    def for_cvs(cls, cvs, lower=None, upper=None, bins=100) -> "Grid":
+        """A grid for ``cvs``: periodic CVs span their period from -period/2 (lower/upper may
+        be None there); bounded ones need ``lower`` and ``upper``."""
+        cvs = cvs_mod._check_cvs(cvs)
+        d = len(cvs)
+        lo = list(lower) if isinstance(lower, (list, tuple)) else [lower] * d
+        hi = list(upper) if isinstance(upper, (list, tuple)) else [upper] * d
+        nb = list(bins) if isinstance(bins, (list, tuple)) else [bins] * d
+        for a, c in enumerate(cvs):
+            if c.period is not None:
+                lo[a] = -0.5 * c.period if lo[a] is None else lo[a]
+                hi[a] = lo[a] + c.period
+            elif lo[a] is None or hi[a] is None:
+                raise ValueError(f"CV {a} ({c.name}) is not periodic: give its grid lower and "
+                                 "upper bounds")
+        return cls(tuple(float(x) for x in lo), tuple(float(x) for x in hi),
+                   tuple(int(b) for b in nb), tuple(c.period for c in cvs))
+
+    @property
+    def dim(self) -> int:
+        return len(self.bins)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return (np.asarray(self.upper) - np.asarray(self.lower)) / np.asarray(self.bins)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Points per axis."""
+        return tuple(b if p is not None else b + 1 for b, p in zip(self.bins, self.periods))
+
+    def axes(self) -> list[np.ndarray]:
+        """Grid point coordinates along each axis."""
+        return [self.lower[a] + self.spacing[a] * np.arange(self.shape[a])
+                for a in range(self.dim)]
+
+    def zeros(self, dtype=None) -> Array:
+        """An empty bias table, shape (points..., 2^d): value and derivatives (see GridBias)."""
+        return jnp.zeros(self.shape + (2**self.dim,), dtype or jnp.result_type(float))
+
+
+def _hermite(t: Array):
+    """Cubic Hermite basis at t in [0, 1]: ((value left, value right), (slope left, slope
+    right)) weights."""
+    t2, t3 = t * t, t * t * t
+    return ((2 * t3 - 3 * t2 + 1, -2 * t3 + 3 * t2), (t3 - 2 * t2 + t, t3 - t2))
+
+
+def hermite_interpolate(grid: Grid, table: Array, s: Array) -> Array:
+    """The tabulated function at CV values ``s`` (d,): tensor-product cubic Hermite
+    interpolation from ``table`` (points..., 2^d) holding the value and the derivatives
+    d/ds_a (channel 2^a) and d^2/ds_0 ds_1 (channel 3, 2-D). C1 everywhere, exact for cubics."""
+    idx, t, h = [], [], []
+    for a in range(grid.dim):
+        lo, sp = grid.lower[a], float(grid.spacing[a])
+        x = (s[a] - lo) / sp
+        if grid.periods[a] is not None:
+            x = jnp.mod(x, grid.bins[a])
+            i = jnp.clip(jnp.floor(x).astype(jnp.int32), 0, grid.bins[a] - 1)
+            nxt = (i + 1) % grid.bins[a]
+        else:
+            x = jnp.clip(x, 0.0, grid.bins[a])
+            i = jnp.clip(jnp.floor(x).astype(jnp.int32), 0, grid.bins[a] - 1)
+            nxt = i + 1
+        idx.append((i, nxt))
+        t.append(x - i)
+        h.append(sp)
+    basis = [_hermite(ta) for ta in t]
+    total = jnp.zeros((), table.dtype)
+    for corner in itertools.product((0, 1), repeat=grid.dim):
+        point = table[tuple(idx[a][corner[a]] for a in range(grid.dim))]  # (2^d,)
+        for deriv in itertools.product((0, 1), repeat=grid.dim):
+            w = jnp.ones((), table.dtype)
+            for a in range(grid.dim):
+                w = w * basis[a][deriv[a]][corner[a]] * (h[a] if deriv[a] else 1.0)
+            channel = sum(deriv[a] << a for a in range(grid.dim))
+            total = total + w * point[channel]
+    return total
+
+
+def gaussian_on_grid(grid: Grid, center: Array, sigma: Array, height: Array) -> Array:
+    """Table (points..., 2^d) of the hill height exp(-sum_a delta_a^2 / (2 sigma_a^2)) with its
+    derivatives, delta the (wrapped) distance from ``center`` (d,); sigma (d,) CV units;
+    height kJ/mol."""
+    g, dg = [], []
+    for a, x in enumerate(grid.axes()):
+        x = jnp.asarray(x, center.dtype)
+        d = x - center[a]
+        p = grid.periods[a]
+        if p is not None:
+            d = d - p * jnp.floor(d / p + 0.5)
+        ga = jnp.exp(-0.5 * (d / sigma[a]) ** 2)
+        g.append(ga)
+        dg.append(-d / sigma[a] ** 2 * ga)
+    out = []
+    for c in range(2**grid.dim):  # channel c: derivative along axis a iff bit a of c is set
+        factors = [dg[a] if (c >> a) & 1 else g[a] for a in range(grid.dim)]
+        table = factors[0]
+        for f in factors[1:]:
+            table = table[..., None] * f
+        out.append(table)
+    return height * jnp.stack(out, -1)
+
+
+@dataclass(frozen=True, eq=False)
+class GridBias(EnergyTerm):
+    """A bias V(s) tabulated on ``grid`` over ``cvs`` and interpolated (see
+    :func:`hermite_interpolate`). params: ``{"table": (points..., 2^d)}`` kJ/mol (value and
+    derivatives), e.g. ``{"table": grid.zeros()}`` to start."""
+
+    cvs: Sequence[cvs_mod.CV]
+    grid: Grid
+    space: Space = field(default_factory=spaces.free)
+
+    def __post_init__(self):
+        cvs = cvs_mod._check_cvs(self.cvs)
+        object.__setattr__(self, "cvs", cvs)
+        if len(cvs) != self.grid.dim:
+            raise ValueError(f"GridBias: {len(cvs)} CVs but a {self.grid.dim}-D grid")
+        if tuple(c.period for c in cvs) != tuple(self.grid.periods):
+            raise ValueError("GridBias: the grid's periods must be the CVs' periods "
+                             f"{tuple(c.period for c in cvs)}; use Grid.for_cvs")
+
+    def init_params(self) -> dict[str, Array]:
+        return {"table": self.grid.zeros()}
+
+    def param_units(self) -> dict[str, str]:
+        return {"table": "kJ/mol"}
+
+    def bias_at(self, s: Array, params) -> Array:
+        """V at CV values s (d,) (kJ/mol)."""
+        return hermite_interpolate(self.grid, params["table"], s)
+
+    def energy(self, positions, params, aux=None, box=None):
+        return self.bias_at(cvs_mod.values(self.cvs, positions, box), params)

@@ -1,0 +1,228 @@
+"""Well-tempered metadynamics on one or two CVs, as a sampler with the integrators' contract.
+
+:func:`metadynamics` wraps an MD integrator: it builds the integrator on the biased system
+``Sum({"system": potential, "bias": GridBias})`` and returns an
+:class:`~workbench.dynamics.integrators.Integrator` whose ``init``/``step`` take the *system's*
+params, keep the bias in ``state.extra`` (a :class:`MetadState`) and deposit a Gaussian hill
+every ``pace`` steps, so :class:`~workbench.simulate.Simulation` and ``lax.scan`` run it like any
+integrator (the reported potential energy is the unbiased one; :func:`bias_energy` gives V).
+
+Well-tempered rule (Barducci, Bussi, Parrinello 2008; PLUMED's METAD BIASFACTOR): a hill
+deposited at s has height w0 exp(-V(s) / (kT (gamma - 1))); the bias converges to
+V(s) = -(1 - 1/gamma) F(s) + const, so F = -gamma / (gamma - 1) V (:func:`free_energy`).
+``bias_factor = inf`` is plain metadynamics (F = -V). Several walkers (a batch axis on the
+state) share one bias: :func:`deposit` takes hills from all of them.
+
+Hill heights, widths and the bias factor live in the state as arrays (changing them never
+recompiles); ``pace`` and the grid are structural. Units: kJ/mol; CV units for sigma.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..dynamics import integrators as integ
+from ..potentials.base import Sum
+from . import cv as cvs_mod
+from .bias import Grid, GridBias, gaussian_on_grid
+
+Array = jax.Array
+
+__all__ = ["MetadState", "Metadynamics", "metadynamics", "deposit", "free_energy", "bias_energy",
+           "rct", "reweighted_free_energy"]
+
+FACTORIES = {"langevin": integ.langevin, "velocity_verlet": integ.velocity_verlet,
+             "brownian": integ.brownian}
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class MetadState:
+    """table: (points..., 2^d) bias table kJ/mol (see GridBias); height: () kJ/mol initial hill
+    height w0; sigma: (d,) hill widths (CV units); bias_factor: () gamma (inf: plain
+    metadynamics); n_hills: () int, hills deposited so far (per walker: each counts)."""
+
+    table: Array
+    height: Array
+    sigma: Array
+    bias_factor: Array
+    n_hills: Array
+
+
+@dataclass(frozen=True, eq=False)
+class Metadynamics(integ.Integrator):
+    """The sampler :func:`metadynamics` returns (an Integrator with the bias attached)."""
+
+    bias: GridBias | None = None
+    pace: int = 500
+    inner: Any = None
+    init_walkers: Any = None
+    step_walkers: Any = None
+
+
+def _kT(settings) -> Array:
+    if not hasattr(settings, "kT"):
+        raise ValueError("well-tempered metadynamics needs a thermostatted integrator (settings "
+                         "with kT); for plain metadynamics pass bias_factor=inf")
+    return settings.kT
+
+
+def deposit(bias: GridBias, meta: MetadState, s: Array, kT: Array) -> MetadState:
+    """Add one hill per row of ``s`` (W, d) (walkers) at the current bias: heights
+    w0 exp(-V(s)/(kT (gamma - 1))), all evaluated on the bias before this deposit."""
+    params = {"table": meta.table}
+    v = jax.vmap(lambda x: bias.bias_at(x, params))(s)
+    gamma = meta.bias_factor
+    scale = jnp.where(jnp.isinf(gamma), 1.0,
+                      jnp.exp(-v / (kT * jnp.where(jnp.isinf(gamma), 1.0, gamma - 1.0))))
+    heights = meta.height * scale
+    hills = jax.vmap(lambda c, w: gaussian_on_grid(bias.grid, c, meta.sigma, w))(s, heights)
+    return replace(meta, table=meta.table + jnp.sum(hills, 0),
+                   n_hills=meta.n_hills + s.shape[0])
+
+
+def metadynamics(potential, cvs: Sequence[cvs_mod.CV] | cvs_mod.CV, *, sigma, height: float,
+                 bias_factor: float = 10.0, pace: int = 500, grid: Grid | None = None,
+                 lower=None, upper=None, bins=100, integrator: str = "langevin",
+                 constraints=None) -> Metadynamics:
+    """Well-tempered metadynamics of ``potential`` on ``cvs`` (1 or 2).
+
+    sigma: hill widths (CV units, one per CV or one for all); height: initial hill height
+    (kJ/mol); bias_factor: gamma > 1 (inf: plain metadynamics); pace: steps between hills
+    (structural). grid: a :class:`Grid` (or ``lower``/``upper``/``bins`` to make one with
+    :meth:`Grid.for_cvs`; periodic CVs need no bounds). integrator: "langevin" (default),
+    "velocity_verlet" or "brownian", built on the biased system with ``constraints``.
+    Returns the sampler; its ``init`` takes the system's params like the plain integrator's."""
+    cvs = cvs_mod._check_cvs(cvs)
+    if len(cvs) not in (1, 2):
+        raise ValueError(f"metadynamics supports 1 or 2 CVs, got {len(cvs)}")
+    if integrator not in FACTORIES:
+        raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(FACTORIES)}")
+    if not (bias_factor > 1.0):
+        raise ValueError(f"bias_factor must be > 1 (inf for plain metadynamics), got {bias_factor}")
+    if height <= 0 or pace < 1:
+        raise ValueError(f"need height > 0 and pace >= 1, got height={height}, pace={pace}")
+    grid = grid or Grid.for_cvs(cvs, lower, upper, bins)
+    sig = np.broadcast_to(np.asarray(sigma, dtype=float), (len(cvs),))
+    if np.any(sig <= 0):
+        raise ValueError(f"sigma must be positive, got {sig}")
+    if np.any(sig < grid.spacing):
+        raise ValueError(f"hill widths {sig} are narrower than the grid spacing {grid.spacing}: "
+                         "use more bins or wider hills (PLUMED suggests spacing <= sigma / 2)")
+    bias = GridBias(cvs, grid, space=potential.space)
+    biased = Sum({"system": potential, "bias": bias})
+    factory = FACTORIES[integrator]
+    inner = factory(biased) if constraints is None else factory(biased, constraints)
+    dtype = jnp.result_type(float)
+
+    def init(key, positions, params, settings, **kwargs) -> integ.MDState:
+        table = grid.zeros(dtype)
+        state = inner.init(key, positions, {"system": params, "bias": {"table": table}},
+                           settings, **kwargs)
+        meta = MetadState(table=table, height=jnp.asarray(height, dtype),
+                          sigma=jnp.asarray(sig, dtype),
+                          bias_factor=jnp.asarray(bias_factor, dtype),
+                          n_hills=jnp.asarray(0, jnp.int32))
+        return replace(state, extra=meta)
+
+    def step(state, params, settings, *, energy: bool = True) -> integ.MDState:
+        meta = state.extra
+        state = inner.step(state, {"system": params, "bias": {"table": meta.table}}, settings,
+                           energy=energy)
+        kT = jnp.asarray(1.0, dtype) if np.isinf(bias_factor) else _kT(settings)
+
+        def add(meta):
+            s = cvs_mod.values(cvs, state.positions, state.box)[None, :]
+            return deposit(bias, meta, s, kT)
+
+        meta = jax.lax.cond(state.step % pace == 0, add, lambda m: m, meta)
+        return replace(state, extra=meta)
+
+    def init_walkers(key, positions, params, settings, **kwargs) -> integ.MDState:
+        """Walkers from ``positions`` (W, N, 3): a state whose fields have a leading walker
+        axis, except ``extra``, the one bias all walkers share (keys split per walker)."""
+        positions = np.asarray(positions)
+        if positions.ndim != 3:
+            raise ValueError(f"walker positions must have shape (W, N, 3), got {positions.shape}")
+        keys = jax.random.split(key, positions.shape[0])
+        states = [init(k, r, params, settings, **kwargs) for k, r in zip(keys, positions)]
+        meta = states[0].extra
+        bare = [replace(st, extra=None) for st in states]
+        stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *bare)
+        return replace(stacked, extra=meta)
+
+    def step_walkers(states, params, settings, *, energy: bool = True) -> integ.MDState:
+        """One step of every walker on the shared bias; each deposits its hill on the same
+        step (multiple-walker metadynamics, Raiteri et al. 2006)."""
+        meta = states.extra
+        bare = replace(states, extra=None)
+        p = {"system": params, "bias": {"table": meta.table}}
+        bare = jax.vmap(lambda st: inner.step(st, p, settings, energy=energy))(bare)
+        kT = jnp.asarray(1.0, dtype) if np.isinf(bias_factor) else _kT(settings)
+
+        def add(meta):
+            s = jax.vmap(lambda r, b: cvs_mod.values(cvs, r, b))(bare.positions, bare.box)
+            return deposit(bias, meta, s, kT)
+
+        meta = jax.lax.cond(bare.step[0] % pace == 0, add, lambda m: m, meta)
+        return replace(bare, extra=meta)
+
+    return Metadynamics(name=f"metadynamics({inner.name})", init=init, step=step,
+                        settings_class=inner.settings_class, dof=inner.dof, conserved=None,
+                        potential=potential, constraints=constraints, bias=bias, pace=pace,
+                        inner=inner, init_walkers=init_walkers, step_walkers=step_walkers)
+
+
+def bias_energy(sampler: Metadynamics, state: integ.MDState) -> Array:
+    """The bias V (kJ/mol) at the state's CV values."""
+    s = cvs_mod.values(sampler.bias.cvs, state.positions, state.box)
+    return sampler.bias.bias_at(s, {"table": state.extra.table})
+
+
+def free_energy(sampler_or_grid, meta: MetadState) -> tuple[list[np.ndarray], np.ndarray]:
+    """The free-energy surface from the bias: (grid axes, F (points...)) in kJ/mol with its
+    minimum at 0: F = -gamma / (gamma - 1) V for well-tempered metadynamics, -V for plain."""
+    grid = sampler_or_grid.bias.grid if isinstance(sampler_or_grid, Metadynamics) \
+        else sampler_or_grid
+    v = np.asarray(meta.table[..., 0], dtype=float)
+    gamma = float(meta.bias_factor)
+    f = -v if np.isinf(gamma) else -gamma / (gamma - 1.0) * v
+    return grid.axes(), f - f.min()
+
+
+def rct(sampler: Metadynamics, meta: MetadState, kT) -> Array:
+    """c(t) of Tiwary and Parrinello (2015), kJ/mol: kT ln(int e^{gamma V/((gamma-1) kT)} ds /
+    int e^{V/((gamma-1) kT)} ds) over the grid, so that samples taken with the bias V(s, t)
+    reweight with exp((V(s, t) - c(t)) / kT). Plain metadynamics: gamma -> inf."""
+    v = meta.table[..., 0]
+    gamma = meta.bias_factor
+    inv = jnp.where(jnp.isinf(gamma), 0.0, 1.0 / jnp.where(jnp.isinf(gamma), 1.0, gamma - 1.0))
+    a = jax.scipy.special.logsumexp((1.0 + inv) * v / kT)
+    b = jax.scipy.special.logsumexp(inv * v / kT)
+    return kT * (a - b)
+
+
+def reweighted_free_energy(grid: Grid, s: np.ndarray, log_weight: np.ndarray, kT: float
+                           ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Free energy (kJ/mol, minimum 0; inf where nothing was sampled) on the points of ``grid``
+    from samples ``s`` (T, d) with log weights (T,), e.g. (V(s_t, t) - c(t)) / kT from
+    :func:`rct`: a weighted histogram with one bin centred on each grid point."""
+    s = np.asarray(s, dtype=float).reshape(len(log_weight), grid.dim)
+    lw = np.asarray(log_weight, dtype=float)
+    idx = []
+    for a in range(grid.dim):
+        x = np.rint((s[:, a] - grid.lower[a]) / grid.spacing[a]).astype(np.int64)
+        x = np.mod(x, grid.bins[a]) if grid.periods[a] is not None else x
+        idx.append(x)
+    inside = np.all([(i >= 0) & (i < n) for i, n in zip(idx, grid.shape)], axis=0)
+    flat = np.ravel_multi_index([i[inside] for i in idx], grid.shape)
+    w = np.exp(lw[inside] - lw[inside].max())
+    hist = np.bincount(flat, weights=w, minlength=int(np.prod(grid.shape))).reshape(grid.shape)
+    with np.errstate(divide="ignore"):
+        f = -kT * np.log(hist)
+    return grid.axes(), f - f[np.isfinite(f)].min()
