@@ -1,0 +1,135 @@
+"""Replica exchange: the lowest rung of a temperature ladder samples the exact double-well free
+energy (plain MD at that temperature never crosses the barrier), every rung keeps its own
+Boltzmann distribution, Hamiltonian exchange over barrier heights, and the same results on one
+and on four CPU devices."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from workbench.potentials.base import FunctionPotential
+from workbench.sampling import replica as rx
+
+from test_metadynamics import BARRIER, double_well, exact_double_well
+
+PARAMS = {"h": jnp.asarray(BARRIER)}
+
+
+def _histogram_error(x, kT):
+    edges = np.linspace(-1.6, 1.6, 65)
+    c = 0.5 * (edges[1:] + edges[:-1])
+    h, _ = np.histogram(x, edges)
+    with np.errstate(divide="ignore"):
+        f = -kT * np.log(h)
+    exact = exact_double_well(c)
+    region = exact < 3.0 * kT
+    d = (f - exact)[region]
+    assert np.all(np.isfinite(d))
+    return np.abs(d - d.mean()).max() / kT
+
+
+@pytest.fixture(scope="module")
+def tempering():
+    re = rx.replica_exchange(FunctionPotential(double_well), exchange_every=50)
+    settings = rx.ladder(re.integrator.settings, 1.0, 12.0, 6, dt=0.01, gamma=5.0)
+    states, stats = re.init(jax.random.PRNGKey(0), np.array([[-1.0, 0.0, 0.0]]), PARAMS, settings)
+
+    def record(s):  # x of every slot and the energy of the two harmonic coordinates
+        return s.positions[:, 0, 0], 50.0 * jnp.sum(s.positions[:, 0, 1:] ** 2, -1)
+
+    run = jax.jit(lambda st, sa: re.run(st, sa, PARAMS, settings, 4000, record=record))
+    states, stats, _ = run(states, stats)  # equilibration
+    xs, e_yz = [], []
+    for _ in range(4):
+        states, stats, (x, e) = run(states, stats)
+        xs.append(np.asarray(x))
+        e_yz.append(np.asarray(e))
+    return settings, stats, np.concatenate(xs), np.concatenate(e_yz)
+
+
+def test_tempering_lowest_rung_recovers_the_double_well(tempering):
+    settings, stats, x, _ = tempering
+    kT0 = float(settings.kT[0])
+    assert BARRIER / kT0 > 12  # plain MD at this temperature stays in its well
+    assert _histogram_error(x[:, 0], kT0) < 0.2
+    assert abs(np.mean(x[:, 0] < 0) - 0.5) < 0.05
+    acc = stats.acceptance()
+    assert np.all((acc > 0.3) & (acc < 0.95))
+    assert np.all(np.asarray(stats.round_trips) > 50)
+    m = np.asarray(stats.matrix)
+    np.testing.assert_array_equal(m, m.T)
+    np.testing.assert_array_equal(np.diag(m, 1), np.asarray(stats.accepted))
+    assert sorted(np.asarray(stats.replica).tolist()) == list(range(6))
+
+
+def test_every_rung_keeps_its_own_temperature(tempering):
+    """The two harmonic coordinates hold <U_yz> = kT at every rung (equipartition)."""
+    settings, _, _, e_yz = tempering
+    kT = np.asarray(settings.kT)
+    mean = e_yz.mean(0)
+    blocks = e_yz.reshape(16, -1, e_yz.shape[1]).mean(1)
+    err = blocks.std(0, ddof=1) / np.sqrt(16)
+    assert np.all(np.abs(mean - kT) < 4 * err + 0.01 * kT), (mean, kT, err)
+
+
+def test_hamiltonian_exchange_over_barrier_heights():
+    re = rx.replica_exchange(FunctionPotential(double_well), exchange_every=50)
+    heights = jnp.asarray(np.geomspace(BARRIER, 1.0, 6))
+    params = {"h": heights}
+    one = re.integrator.settings(dt=0.01, kT=1.0, gamma=5.0)
+    settings = jax.tree_util.tree_map(lambda x: jnp.full(6, x), one)
+    states, stats = re.init(jax.random.PRNGKey(2), np.array([[-1.0, 0.0, 0.0]]), params,
+                            settings, hamiltonian=True)
+    run = jax.jit(lambda st, sa: re.run(st, sa, params, settings, 4000, hamiltonian=True,
+                                        record=lambda s: s.positions[:, 0, 0]))
+    states, stats, _ = run(states, stats)
+    xs = []
+    for _ in range(4):
+        states, stats, x = run(states, stats)
+        xs.append(np.asarray(x))
+    x = np.concatenate(xs)
+    assert _histogram_error(x[:, 0], 1.0) < 0.2
+    assert np.all(stats.acceptance() > 0.1)
+
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_metadynamics import double_well
+    from workbench.potentials.base import FunctionPotential
+    from workbench.sampling import replica as rx
+    assert len(jax.devices()) == 4, jax.devices()
+    params = {{"h": jnp.asarray(12.5)}}
+    re = rx.replica_exchange(FunctionPotential(double_well), exchange_every=20)
+    settings = rx.ladder(re.integrator.settings, 1.0, 12.0, 4, dt=0.01, gamma=5.0)
+    states, stats = re.init(jax.random.PRNGKey(0), np.array([[-1.0, 0.0, 0.0]]), params, settings)
+    run = jax.jit(lambda st, sa, se: re.run(st, sa, params, se, 200))
+    a, sa, _ = run(states, stats, settings)
+    placed = rx.shard_replicas((states, stats, settings))
+    b, sb, _ = run(*placed)
+    assert len(b.positions.sharding.device_set) == 4
+    print(json.dumps({{"max_diff": float(jnp.max(jnp.abs(a.positions - b.positions))),
+                      "same_replicas": bool(jnp.all(sa.replica == sb.replica)),
+                      "accepted": np.asarray(sa.accepted).tolist()}}))
+""")
+
+
+def test_results_equal_on_one_and_four_devices(tmp_path):
+    import json
+
+    env = dict(os.environ, WORKBENCH_CPU_DEVICES="4", JAX_PLATFORMS="cpu")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=tests)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["same_replicas"]
+    assert sum(res["accepted"]) > 0
+    assert res["max_diff"] < 1e-5
