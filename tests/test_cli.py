@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from workbench import cli
@@ -182,3 +183,16 @@ def test_compare_openmm_exit_codes(capsys):
     assert "disagree" in capsys.readouterr().out
     assert cli.main(["compare-openmm", pdb, "--forcefield", "amoeba2018.xml"]) == 2
     assert "UnsupportedForceError" in capsys.readouterr().out
+
+
+def test_bench_sampling_runs_and_writes_json(tmp_path):
+    out = tmp_path / "sampling.json"
+    proc = _workbench("bench", "sampling", "--steps", "50", "--rounds", "2", "--states", "6",
+                      "--samples", "600", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert np.isfinite(res["metadynamics_overhead"])
+    assert res["mbar_speedup_vs_pymbar"] > 0
+    assert res["mbar"]["max_f_difference_kT"] < 1e-6
+    assert res["replica_exchange"]["one_device_replica_steps_per_s"] > 0
+    assert "metadynamics:" in proc.stdout and "MBAR" in proc.stdout

@@ -4,6 +4,7 @@
     workbench bench lj [OPTIONS]          Lennard-Jones benchmark against jax-md and OpenMM
     workbench bench panels [ARGS ...]     live-panel benchmark (workbench.bench.panels)
     workbench bench peptide [ARGS ...]    alanine dipeptide (PME, OBC2) against OpenMM-CPU
+    workbench bench sampling [ARGS ...]   metadynamics overhead, MBAR vs pymbar, replica exchange
     workbench compare-openmm PDB --forcefield XML [XML ...] [--nonbonded PME] [--cutoff NM]
                                           every force-field term against OpenMM Reference
     workbench --version
@@ -144,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     panels.set_defaults(handler=lambda args, extra: _run_bench_module("panels", extra))
     peptide = bsub.add_parser("peptide", add_help=False, help=BENCHMARKS["peptide"])
     peptide.set_defaults(handler=lambda args, extra: _run_bench_module("peptide", extra))
+    sampling = bsub.add_parser("sampling", add_help=False, help=BENCHMARKS["sampling"])
+    sampling.set_defaults(handler=lambda args, extra: _run_bench_module("sampling", extra))
 
     cmp = sub.add_parser(
         "compare-openmm", allow_abbrev=False,
@@ -183,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if extra and handler not in (_run_lab,) and getattr(args, "benchmark", None) not in (
-            "panels", "peptide"):
+            "panels", "peptide", "sampling"):
         getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     return int(handler(args, extra) or 0)
 

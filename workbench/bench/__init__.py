@@ -16,5 +16,6 @@ BENCHMARKS = {
     "lj": "Lennard-Jones fluid (LAMMPS in.lj): atom-steps/s, compile and cold-start times",
     "panels": "live panels: chunk latency and frame rate (workbench.bench.panels)",
     "peptide": "alanine dipeptide in water (PME) and in OBC2 against OpenMM-CPU: ns/day",
+    "sampling": "metadynamics overhead, MBAR against pymbar, replica-exchange throughput",
 }
 """Benchmark name -> one-line description (module ``workbench.bench.<name>``)."""
