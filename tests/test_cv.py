@@ -151,3 +151,16 @@ def test_bad_input_is_named():
         cv.Coordination([0], [1], r0=-1.0)
     with pytest.raises(ValueError, match="non-negative"):
         cv.Gyration([-1, 2])
+
+
+def test_backbone_torsions_match_mdtraj_phi_psi():
+    from workbench.systems import data_file
+
+    traj = mdtraj.load(data_file("alanine-dipeptide-vacuum.pdb"))
+    phi, psi = cv.backbone_torsions(traj.topology, 1)
+    r = jnp.asarray(traj.xyz[0], jnp.float32)
+    assert float(phi(r)) == pytest.approx(float(mdtraj.compute_phi(traj)[1][0, 0]), abs=1e-4)
+    assert float(psi(r)) == pytest.approx(float(mdtraj.compute_psi(traj)[1][0, 0]), abs=1e-4)
+    assert phi.name == "phi" and phi.period == pytest.approx(2 * np.pi)
+    with pytest.raises(ValueError, match="before and after"):
+        cv.backbone_torsions(traj.topology, 0)

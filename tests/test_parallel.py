@@ -62,19 +62,21 @@ def test_pair_forces_and_build_on_devices_equal_one_device():
     pot, params = system.potential, system.params
     rng = np.random.default_rng(1)
     r = jnp.asarray(system.positions + rng.normal(scale=0.05, size=system.positions.shape))
-    aux = pot.allocate(r)
-    assert aux.grid is not None and aux.idx.shape[0] % (nl.BLOCK * MESH.size) == 0
-    ref_ev, _ = jax.jit(pot.evaluate)(r, params, aux)
-    ref_list = jax.jit(nl.rebuild)(pot.space, r, aux)
-    with parallel.use(MESH):
-        ev, _ = jax.jit(pot.evaluate)(r, params, aux)
-        f, _ = jax.jit(pot.forces)(r, params, aux)
-        built = jax.jit(nl.rebuild)(pot.space, r, aux)
-    np.testing.assert_allclose(float(ev.energy), float(ref_ev.energy), rtol=1e-12)
-    # same sums per atom; the two programs may round differently in the last bit
-    np.testing.assert_allclose(np.asarray(ev.forces), np.asarray(ref_ev.forces), atol=1e-12)
-    np.testing.assert_allclose(np.asarray(f), np.asarray(ref_ev.forces), atol=1e-12)
-    np.testing.assert_array_equal(np.asarray(built.idx), np.asarray(ref_list.idx))
+    for method in ("cells", "all_pairs"):  # both compiled builds
+        aux = nl.allocate(pot.space, r, 2.5, 0.3, method=method)
+        assert (aux.grid is not None) == (method == "cells")
+        assert aux.idx.shape[0] % (nl.BLOCK * MESH.size) == 0
+        ref_ev, _ = jax.jit(pot.evaluate)(r, params, aux)
+        ref_list = jax.jit(nl.rebuild)(pot.space, r, aux)
+        with parallel.use(MESH):
+            ev, _ = jax.jit(pot.evaluate)(r, params, aux)
+            f, _ = jax.jit(pot.forces)(r, params, aux)
+            built = jax.jit(nl.rebuild)(pot.space, r, aux)
+        np.testing.assert_allclose(float(ev.energy), float(ref_ev.energy), rtol=1e-12)
+        # same sums per atom; the two programs may round differently in the last bit
+        np.testing.assert_allclose(np.asarray(ev.forces), np.asarray(ref_ev.forces), atol=1e-12)
+        np.testing.assert_allclose(np.asarray(f), np.asarray(ref_ev.forces), atol=1e-12)
+        np.testing.assert_array_equal(np.asarray(built.idx), np.asarray(ref_list.idx))
 
 
 @needs_devices

@@ -34,10 +34,7 @@ def dipeptide():
 
     system = load(data_file("alanine-dipeptide-vacuum.pdb"), ["amber14-all.xml"],
                   nonbonded_method="NoCutoff", constraints="HBonds")
-    atoms = {(a.residue.name, a.name): a.index for a in system.topology.atoms()}
-    phi = cv.Dihedral(atoms["ACE", "C"], atoms["ALA", "N"], atoms["ALA", "CA"], atoms["ALA", "C"])
-    psi = cv.Dihedral(atoms["ALA", "N"], atoms["ALA", "CA"], atoms["ALA", "C"], atoms["NME", "N"])
-    return system, (phi, psi)
+    return system, cv.backbone_torsions(system.topology, 1)
 
 
 def _time_scan(step, state, steps: int, repeats: int) -> float:

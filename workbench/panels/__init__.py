@@ -5,15 +5,19 @@ matplotlib). The only part of workbench that imports widget libraries; no physic
   plots, run controls, frame replay, export;
 * :class:`ParameterPanel` - sliders generated from the parameter pytree and the integrator
   settings (numeric: applied at the next chunk, no recompilation), compile count;
-* :class:`Workbench` - both side by side; each also works alone.
+* :class:`FreeEnergyPanel` - the free-energy surface of a metadynamics run growing live, the
+  CV time series and (for replica exchange) the acceptance matrix;
+* :class:`Workbench` - simulation and parameter panels side by side, with any further panels
+  of the same session; each also works alone.
 
 Needs ``nglview==4.0`` in JupyterLab 4 (see docs on the 4.0.1 frontend mismatch).
 """
 
+from .free_energy import FreeEnergyPanel
 from .parameters import ParameterPanel, default_range
 from .runner import LiveUpdater, RunControls
 from .simulation import SimulationPanel, ThermoFigure
 from .workbench_view import Workbench
 
-__all__ = ["LiveUpdater", "ParameterPanel", "RunControls", "SimulationPanel", "ThermoFigure",
+__all__ = ["FreeEnergyPanel", "LiveUpdater", "ParameterPanel", "RunControls", "SimulationPanel", "ThermoFigure",
            "Workbench", "default_range"]

@@ -13,16 +13,20 @@ __all__ = ["Workbench"]
 class Workbench(widgets.HBox):
     """:class:`SimulationPanel` and :class:`ParameterPanel` of one session, side by side
     (wrapping onto two rows in a narrow notebook). ``simulation`` and ``parameters`` hold the
-    two panels; keyword dicts ``simulation_options`` / ``parameter_options`` go to them."""
+    two panels; keyword dicts ``simulation_options`` / ``parameter_options`` go to them.
+    ``panels``: more panels of the same session to show after them (e.g. a
+    :class:`~workbench.panels.free_energy.FreeEnergyPanel`); refreshed and closed with them."""
 
     def __init__(self, session, *, simulation_options: dict | None = None,
-                 parameter_options: dict | None = None, **kwargs):
+                 parameter_options: dict | None = None, panels=(), **kwargs):
         self.session = session
         self.simulation = SimulationPanel(session, **(simulation_options or {}))
         self.parameters = ParameterPanel(session, **(parameter_options or {}))
+        self.panels = list(panels)
         layout = kwargs.pop("layout", widgets.Layout(flex_flow="row wrap",
                                                      align_items="flex-start"))
-        super().__init__([self.simulation, self.parameters], layout=layout, **kwargs)
+        super().__init__([self.simulation, self.parameters, *self.panels], layout=layout,
+                         **kwargs)
         self.add_class("wb-workbench")
 
     def export(self, path: str, log: str | None = "auto") -> tuple[str, str | None]:
@@ -31,11 +35,11 @@ class Workbench(widgets.HBox):
 
     def refresh(self, timeout: float | None = None) -> None:
         """Bring both panels up to date now."""
-        self.simulation.refresh(timeout)
-        self.parameters.refresh(timeout)
+        for panel in (self.simulation, self.parameters, *self.panels):
+            panel.refresh(timeout)
 
     def close(self) -> None:
         """Detach both panels from the session and close them."""
-        self.simulation.close()
-        self.parameters.close()
+        for panel in (self.simulation, self.parameters, *self.panels):
+            panel.close()
         super().close()

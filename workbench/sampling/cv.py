@@ -39,7 +39,7 @@ from ..space import Space
 Array = jax.Array
 
 __all__ = ["CV", "Position", "Distance", "Angle", "Dihedral", "RMSD", "Gyration",
-           "Coordination", "Function", "values", "wrap", "periods"]
+           "Coordination", "Function", "values", "wrap", "periods", "backbone_torsions"]
 
 
 class CV:
@@ -284,6 +284,31 @@ class Function(CV):
 
     def __call__(self, positions, box=None):
         return self.fn(positions, box)
+
+
+def backbone_torsions(topology, residue: int = 1, space: Space | None = None
+                      ) -> tuple[Dihedral, Dihedral]:
+    """(phi, psi) of residue number ``residue`` (0-based, in chain order) of an OpenMM or mdtraj
+    topology: phi = C(i-1)-N-CA-C, psi = N-CA-C-N(i+1), as ``mdtraj.compute_phi/psi``. For
+    alanine dipeptide (ACE-ALA-NME) the alanine is residue 1."""
+    residues = list(topology.residues() if callable(getattr(topology, "residues", None))
+                    else topology.residues)
+    if not 0 < residue < len(residues) - 1:
+        raise ValueError(f"residue {residue} needs a residue before and after it; the topology "
+                         f"has {len(residues)} residues")
+
+    def atom(res, name):
+        atoms = res.atoms() if callable(res.atoms) else res.atoms
+        for a in atoms:
+            if a.name == name:
+                return a.index
+        raise ValueError(f"residue {res.name} {residue} has no atom {name!r}")
+
+    prev, res, nxt = residues[residue - 1], residues[residue], residues[residue + 1]
+    n, ca, c = atom(res, "N"), atom(res, "CA"), atom(res, "C")
+    phi = Dihedral(atom(prev, "C"), n, ca, c, space=space, name="phi")
+    psi = Dihedral(n, ca, c, atom(nxt, "N"), space=space, name="psi")
+    return phi, psi
 
 
 def values(cvs: Sequence[CV], positions: Array, box: Array | None = None) -> Array:
