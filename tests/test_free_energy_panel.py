@@ -34,14 +34,14 @@ def test_panel_follows_the_bias_and_the_cv():
         panel.refresh(timeout=30)
         assert len(panel.cv_series) == 10  # 5 chunks x 2 frames
         np.testing.assert_allclose(panel.cv_series[-1, 0], session.frame(-1)[0, 0], rtol=1e-6)
-        assert "50 hills" in panel.label.value
+        assert "hills: 50 " in panel.label.value
         png1 = panel.plot.value
         assert png1[:4] == b"\x89PNG"
         axes, f = panel.free_energy()
         assert f.min() == 0.0 and f.max() > 0.0
         session.run_blocking(5)
         panel.refresh(timeout=30)
-        assert "100 hills" in panel.label.value and panel.plot.value != png1
+        assert "hills: 100 " in panel.label.value and panel.plot.value != png1
         view = Workbench(session, panels=[panel])
         assert panel in view.children
         view.refresh(timeout=30)

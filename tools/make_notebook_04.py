@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (notebook text: one line per markdown paragraph)
 """Writes notebooks/04_metadynamics_alanine_dipeptide.ipynb (kept as a script so the notebook
 stays reviewable).
 

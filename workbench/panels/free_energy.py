@@ -11,7 +11,6 @@ the session (the bias lives in ``state.extra``).
 
 from __future__ import annotations
 
-import html
 import io
 import threading
 
@@ -141,6 +140,7 @@ class FreeEnergyPanel(widgets.VBox):
         self.plot = widgets.Image(format="png", layout=widgets.Layout(width=f"{width_px}px"))
         self.plot.add_class("wb-free-energy")
         self.label = widgets.HTML()
+        self.label.add_class("wb-free-energy-label")
         self._exchange_stats = exchange_stats
         children = [self.label, self.plot]
         self.exchange_plot = None
@@ -186,8 +186,9 @@ class FreeEnergyPanel(widgets.VBox):
         title = f"{hills} hills, bias factor {float(meta.bias_factor):g}"
         self.plot.value = self._figure.update(axes, f, self.cv_series, self.reference, title,
                                               f_max=self.f_max)
-        self.label.value = (f"<b>free energy</b> from the metadynamics bias: "
-                            f"{html.escape(title)}, step {self.session.step}")
+        self.label.value = (f"<b>free energy</b> from the metadynamics bias | hills: {hills} | "
+                            f"bias factor {float(meta.bias_factor):g} | "
+                            f"step {self.session.step:,}")
         if self.exchange_plot is not None:
             self.exchange_plot.value = acceptance_figure(self._exchange_stats())
 
