@@ -392,6 +392,17 @@ class PairPotential(EnergyTerm):
         pressure = -2.0 * jnp.pi / (3.0 * volume**2) * jnp.sum(nn * p_int)
         return energy, pressure
 
+    def tail_term(self, n_particles: int):
+        """The tail energy as an energy term of the box (params: this potential's): add it with
+        ``Sum({"pair": pot, "tail": pot.tail_term(n)})`` so that pressures and barostats see the
+        full potential (its box derivative is P_tail)."""
+        from .base import FunctionPotential
+
+        def energy(positions, params, box):
+            return self.tail_correction(params, n_particles, jnp.abs(jnp.linalg.det(box)))[0]
+
+        return FunctionPotential(energy, space=self.space, takes_box=True)
+
 
 def _symbolic_zero(t) -> bool:
     return isinstance(t, jax.custom_derivatives.SymbolicZero)
