@@ -160,6 +160,12 @@ class Simulation:
         return self._chunk._cache_size()
 
     @property
+    def time_per_step(self) -> float:
+        """ps per step: the time step, or 1 for samplers without one (Monte Carlo: time counts
+        sweeps or moves)."""
+        return float(getattr(self.settings, "dt", 1.0))
+
+    @property
     def steps_per_chunk(self) -> int:
         return self.report_interval * self.frames_per_chunk
 
@@ -240,7 +246,7 @@ class Simulation:
         steps = np.asarray(steps)
         thermo = {k: np.asarray(v) for k, v in thermo.items()}
         thermo["step"] = steps
-        thermo["time"] = self.time + (steps - int(start.step)) * float(self.settings.dt)
+        thermo["time"] = self.time + (steps - int(start.step)) * self.time_per_step
         frame = Frame(np.asarray(pos), thermo, np.asarray(boxes))
         if bad_step >= 0:
             atoms = np.nonzero(np.asarray(bad_atoms))[0].tolist()
@@ -249,7 +255,7 @@ class Simulation:
                             frame.boxes[good])
             raise _blowup(bad_step, atoms, partial, self.blowup_force, self.blowup_move)
         self.state = new
-        self.time += self.steps_per_chunk * float(self.settings.dt)
+        self.time += self.steps_per_chunk * self.time_per_step
         return frame
 
     def _placed(self, state):

@@ -365,6 +365,34 @@ class PairPotential(EnergyTerm):
         (e, w), _ = self._blocks(positions, params, as_list(aux), self.box_space(box), per_block)
         return jnp.sum(e), jnp.sum(w, 0)
 
+    def atom_energy(self, i: Array, r_i: Array, positions: Array, params, aux=None,
+                    box=None) -> Array:
+        """Energy (kJ/mol) of atom ``i`` placed at ``r_i`` (3,) with every other atom at
+        ``positions`` (N, 3): the sum over i's row of the neighbor list (all other atoms when
+        ``aux`` is None). For single-particle Monte Carlo: the energy change of moving i is
+        ``atom_energy(i, new) - atom_energy(i, old)``, O(K) instead of O(N K). The list must
+        hold i's neighbors at ``r_i`` (stay within half the skin of its build)."""
+        n = positions.shape[0]
+        aux = as_list(aux)
+        if aux is None:
+            j = jnp.arange(n)
+            valid = j != i
+        else:
+            row = aux.idx[aux.inverse[i]]
+            valid = row < n
+            j = aux.order[jnp.where(valid, row, 0)]
+        space = self.box_space(box)
+        d = space.displacement(r_i[None, :], positions[j])
+        far2 = 4.0 * self.cutoff**2
+        r2 = jnp.where(valid, jnp.sum(d * d, -1), far2)
+        if self.types is None:
+            pp = self._pair_params(params, None, None)
+        else:
+            t = jnp.asarray(self.types)
+            pp = self._pair_params(params, t[i][None, None], t[j][None, :])
+            pp = {k: v.reshape(-1) for k, v in pp.items()}
+        return jnp.sum(jnp.where(valid, self._u(r2, pp), 0.0))
+
     def tail_correction(self, params, n_particles: int, volume) -> tuple[Array, Array]:
         """Lennard-Jones long-range corrections for a homogeneous fluid, as if the plain
         potential continued beyond the cutoff: (energy kJ/mol, pressure kJ/mol/nm^3).

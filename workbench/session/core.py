@@ -449,7 +449,7 @@ class Session:
         return self.thermo()
 
     def _append(self, frame, used_params, used_settings, seconds) -> hist.FrameBatch:
-        dt = used_settings.get("dt", float(self.simulation.settings.dt))
+        dt = used_settings.get("dt", self.simulation.time_per_step)
         with self._lock:
             batch = self._history.append(frame, used_params, used_settings, seconds,
                                          self.compile_count, dt)
