@@ -226,3 +226,30 @@ def wham(samples, centers, k, kT: float, grid: Grid, *, tol: float = 1e-10,
     return grid.axes(), _profile(grid, np.asarray(result.log_p), kT), result
 
 
+
+
+def sample_window(task: dict) -> np.ndarray:
+    """One umbrella window as an independent task (for :func:`workbench.sampling.distributed.
+    run_independent`): ``task`` holds ``potential``, ``params``, ``cvs``, ``center`` (d,), ``k``,
+    ``settings`` (dict), ``positions`` (N, 3), ``steps`` (equilibration and sampling, each),
+    ``stride`` and ``seed``; optional ``integrator`` and ``masses``. Returns the CV samples
+    (steps // stride, d). Deterministic for a given task."""
+    sampler = umbrella(task["potential"], task["cvs"], np.atleast_2d(task["center"]), task["k"],
+                       integrator=task.get("integrator", "langevin"))
+    settings = sampler.inner.settings(**task["settings"])
+    kwargs = {"masses": task["masses"]} if "masses" in task else {}
+    states = sampler.init_windows(jax.random.PRNGKey(int(task["seed"])), task["positions"],
+                                  task["params"], settings, **kwargs)
+    params, stride, steps = task["params"], int(task["stride"]), int(task["steps"])
+
+    @jax.jit
+    def run(states):
+        def sample(c, _):
+            c = jax.lax.fori_loop(0, stride, lambda i, s: sampler.step_windows(
+                s, params, settings, energy=False), c)
+            return c, sampler.cv_values(c)[0]
+        return jax.lax.scan(sample, states, None, length=steps // stride)
+
+    states, _ = run(states)
+    _, s = run(states)
+    return np.asarray(s)
