@@ -33,9 +33,9 @@ def test_umbrella_windows_on_a_local_cluster_equal_local_runs():
     finally:
         jax.config.update("jax_enable_x64", True)
     assert len(remote) == 4
-    for r, l, t in zip(remote, local, tasks):
+    for r, here, t in zip(remote, local, tasks):
         assert r.shape == (200, 1)
-        np.testing.assert_array_equal(r, l)
+        np.testing.assert_array_equal(r, here)
         assert abs(r.mean() - t["center"][0]) < 0.3  # each window stays near its centre
 
 
