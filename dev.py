@@ -82,6 +82,7 @@ def test(args: list[str]) -> int:
     ensure_venv(EXTRAS["test"])
     ensure_chromium()
     env = dict(os.environ, PYTHONHASHSEED="0", MPLBACKEND="Agg")
+    env.setdefault("WORKBENCH_CPU_DEVICES", "auto")  # one CPU device per core, as `workbench lab`
     cmd = [str(PY), "-m", "pytest", "tests", "notebooks", "--nbval-lax", "-p", "no:cacheprovider", *args]
     say(" ".join(cmd[2:]))
     return subprocess.call(cmd, cwd=ROOT, env=env)

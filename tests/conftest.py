@@ -3,6 +3,9 @@
 import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# one CPU device per core, as `dev.py test` and `workbench lab` ask (import workbench alone does
+# not); notebook kernels started by nbval inherit it
+os.environ.setdefault("WORKBENCH_CPU_DEVICES", "auto")
 
 import jax  # noqa: E402
 

@@ -19,17 +19,24 @@ MESH = parallel.default_mesh()
 needs_devices = pytest.mark.skipif(MESH is None, reason="only one CPU device")
 
 
-def test_import_configures_one_device_per_core():
-    """``import workbench`` (before any JAX work) asks for one CPU device per usable core;
-    WORKBENCH_CPU_DEVICES overrides it, and a bad value is a clear error."""
+def test_import_configures_devices_only_when_asked():
+    """``import workbench`` leaves JAX alone unless WORKBENCH_CPU_DEVICES asks for devices
+    ("auto": one per usable core; a number: that many); a bad value is a clear error."""
     code = "import workbench, jax; print(len(jax.devices()))"
+    plain = {k: v for k, v in os.environ.items() if k != "WORKBENCH_CPU_DEVICES"}
+    out = subprocess.run([sys.executable, "-c", code], env=plain, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(plain, WORKBENCH_CPU_DEVICES="auto"),
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == str(min(parallel._usable_cores(), parallel.MAX_DEVICES))
     env = dict(os.environ, WORKBENCH_CPU_DEVICES="3")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "3"
     env["WORKBENCH_CPU_DEVICES"] = "two"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode != 0 and "WORKBENCH_CPU_DEVICES must be a positive integer" in out.stderr
+    assert out.returncode != 0 and "WORKBENCH_CPU_DEVICES must be 'auto' or a positive integer" in out.stderr
     # JAX already running: configure() leaves it alone
     code = "import jax; jax.numpy.ones(1); import workbench; print(len(jax.devices()))"
     env["WORKBENCH_CPU_DEVICES"] = "3"
@@ -103,3 +110,4 @@ def test_simulation_on_devices_equals_one_device():
     ev, _ = jax.jit(pot.evaluate)(sim_d.state.positions, system.params, sim_d.state.aux)
     np.testing.assert_allclose(float(sim_d.state.potential_energy), float(ev.energy), rtol=1e-10)
     assert np.isfinite(frames_d[-1].thermo["total"]).all()
+

@@ -6,7 +6,7 @@ Layers (imports point downward): ``space``/``neighbors`` -> ``potentials`` -> ``
 
 from . import parallel
 
-parallel.configure()  # one CPU device per core, before JAX starts its backends
+parallel.configure_from_env()  # CPU devices only when asked (WORKBENCH_CPU_DEVICES; see parallel)
 
 from . import neighbors, observables, potentials, space, units  # noqa: E402
 from .dynamics import (  # noqa: E402

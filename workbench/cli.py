@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import parallel
+
 __all__ = ["build_parser", "lab_command", "main", "notebooks_dir"]
 
 _ROOT_FLAGS = ("--ServerApp.root_dir", "--notebook-dir", "--NotebookApp.notebook_dir",
@@ -83,19 +85,30 @@ def _run_lab(args: argparse.Namespace, extra: list[str]) -> int:
     if args.print_command:
         print(" ".join(cmd))
         return 0
+    # the notebook kernels split work over the CPU cores unless the user chose otherwise
+    env = dict(os.environ)
+    env.setdefault(parallel.ENV, "auto")
     try:
-        return subprocess.call(cmd)
+        return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
         return 130
 
 
+def _use_cores() -> None:
+    """Benchmarks use every core (their worker processes too) unless the user chose otherwise."""
+    os.environ.setdefault(parallel.ENV, "auto")
+    parallel.configure_from_env()
+
+
 def _run_bench_lj(args: argparse.Namespace, extra: list[str]) -> int:
+    _use_cores()
     from .bench import lj
 
     return lj.run(args)
 
 
 def _run_bench_module(name: str, extra: list[str]) -> int:
+    _use_cores()
     try:
         module = importlib.import_module(f"workbench.bench.{name}")
     except ModuleNotFoundError as exc:

@@ -7,9 +7,11 @@ between them with ``shard_map`` (each device runs its share of the loop, the pos
 Measured on the project's 2-core machine: force evaluation and list builds about 2x faster.
 
 * :func:`configure` asks JAX for one CPU device per usable core (at most 8). It must run before
-  JAX starts its backends; ``import workbench`` calls it, so import workbench before doing JAX
-  work. ``WORKBENCH_CPU_DEVICES=1`` turns it off; if you set ``jax_num_cpu_devices`` yourself,
-  your value is kept.
+  JAX starts its backends. It is the user's choice: ``import workbench`` changes nothing in JAX
+  unless ``WORKBENCH_CPU_DEVICES`` is set (``auto``: one device per core; a number: that many),
+  which ``workbench lab``, ``workbench bench`` and ``dev.py test`` do for their processes (and
+  the notebook kernels they start). In your own script call ``workbench.parallel.configure()``
+  before any JAX computation. If you set ``jax_num_cpu_devices`` yourself, your value is kept.
 * Block parallelism is opt-in per trace: code traced inside ``with use(mesh):`` (the
   :class:`~workbench.simulate.Simulation` driver does this) splits its block loops; everywhere
   else the loops run on one device, so plain ``jax.jit(energy)`` behaves as usual.
@@ -29,7 +31,7 @@ import jax
 import numpy as np
 
 __all__ = [
-    "ENV", "configure", "device_count", "default_mesh", "use", "active_mesh", "block_map",
+    "ENV", "configure", "configure_from_env", "device_count", "default_mesh", "use", "active_mesh", "block_map",
     "shard_rows", "place",
 ]
 
@@ -48,6 +50,22 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def configure_from_env() -> int:
+    """:func:`configure` if ``WORKBENCH_CPU_DEVICES`` asks for it (``auto`` or a number), else
+    nothing (what ``import workbench`` does). Returns the number of devices requested (0: none)."""
+    env = os.environ.get(ENV, "").strip().lower()
+    if not env:
+        return 0
+    return configure(None if env == "auto" else _env_devices(env))
+
+
+def _env_devices(env: str) -> int:
+    try:
+        return int(env)
+    except ValueError:
+        raise ValueError(f"{ENV} must be 'auto' or a positive integer, got {env!r}") from None
+
+
 def configure(n_devices: int | None = None) -> int:
     """Ask JAX for ``n_devices`` CPU devices (default: ``$WORKBENCH_CPU_DEVICES``, else one per
     usable core, at most 8). Does nothing once JAX's backends are running or when the user has
@@ -57,12 +75,9 @@ def configure(n_devices: int | None = None) -> int:
     if xla_bridge.backends_are_initialized() or jax.config.jax_num_cpu_devices > 0:
         return 0
     if n_devices is None:
-        env = os.environ.get(ENV, "").strip()
-        if env:
-            try:
-                n_devices = int(env)
-            except ValueError:
-                raise ValueError(f"{ENV} must be a positive integer, got {env!r}") from None
+        env = os.environ.get(ENV, "").strip().lower()
+        if env and env != "auto":
+            n_devices = _env_devices(env)
         else:
             n_devices = min(_usable_cores(), MAX_DEVICES)
     if n_devices < 1:
