@@ -27,8 +27,8 @@ def test_import_configures_devices_only_when_asked():
     out = subprocess.run([sys.executable, "-c", code], env=plain, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
-    out = subprocess.run([sys.executable, "-c", code], env=dict(plain, WORKBENCH_CPU_DEVICES="auto"),
-                         capture_output=True, text=True)
+    auto = dict(plain, WORKBENCH_CPU_DEVICES="auto")
+    out = subprocess.run([sys.executable, "-c", code], env=auto, capture_output=True, text=True)
     assert out.stdout.strip() == str(min(parallel._usable_cores(), parallel.MAX_DEVICES))
     env = dict(os.environ, WORKBENCH_CPU_DEVICES="3")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
