@@ -133,3 +133,27 @@ def test_results_equal_on_one_and_four_devices(tmp_path):
     assert res["same_replicas"]
     assert sum(res["accepted"]) > 0
     assert res["max_diff"] < 1e-5
+
+
+def test_replicas_share_one_list_rebuild_decision(monkeypatch):
+    """Under vmap a per-replica lax.cond becomes a select that rebuilds every replica on every
+    step; replicas share one decision instead (all rebuild when any needs to), with the same
+    dynamics."""
+    import contextlib
+
+    from workbench import neighbors as nl
+    import workbench as wb
+
+    s = wb.lj_fluid(n_atoms=256, density=0.8442, cutoff=2.5, skin=0.3)
+    re = rx.replica_exchange(s.potential, exchange_every=10)
+    settings = rx.ladder(re.integrator.settings, 0.8, 1.6, 3, dt=0.005, gamma=1.0)
+    states, stats = re.init(jax.random.PRNGKey(0), s.positions, s.params, settings,
+                            masses=s.masses)
+    shared, _, _ = jax.jit(lambda st, sa: re.run(st, sa, s.params, settings, 3))(states, stats)
+    builds = np.asarray(shared.aux.n_builds)
+    assert np.all(builds == builds[0]) and 1 < builds[0] < 30
+    monkeypatch.setattr(nl, "shared_rebuilds", lambda name: contextlib.nullcontext())
+    own, _, _ = jax.jit(lambda st, sa: re.run(st, sa, s.params, settings, 3))(states, stats)
+    assert not np.all(np.asarray(own.aux.n_builds) == builds[0])
+    np.testing.assert_allclose(np.asarray(shared.positions), np.asarray(own.positions),
+                               atol=1e-8)

@@ -20,6 +20,8 @@ Lengths in nm (or sigma in reduced units).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, field, replace
 
 import jax
@@ -33,7 +35,7 @@ Array = jax.Array
 
 __all__ = [
     "NeighborList", "allocate", "update", "rebuild", "grow", "grow_all", "neighbor_table",
-    "padded_rows", "BLOCK",
+    "padded_rows", "BLOCK", "shared_rebuilds",
 ]
 
 
@@ -180,10 +182,31 @@ def rebuild(space: Space, positions: Array, nbrs: NeighborList) -> NeighborList:
     return _build(space, positions, nbrs)
 
 
+_batch_axis: contextvars.ContextVar = contextvars.ContextVar("workbench_batch_axis",
+                                                             default=None)
+
+
+@contextlib.contextmanager
+def shared_rebuilds(axis_name: str):
+    """Within this block, lists updated inside ``jax.vmap(..., axis_name=axis_name)`` (replicas,
+    windows, walkers) make one rebuild decision for the whole batch: all rebuild when any needs
+    to, none otherwise. Without it, ``lax.cond`` under ``vmap`` becomes a select that runs the
+    rebuild for every copy on every step. Read at trace time (use it inside the traced code)."""
+    token = _batch_axis.set(axis_name)
+    try:
+        yield
+    finally:
+        _batch_axis.reset(token)
+
+
 def update(space: Space, positions: Array, nbrs: NeighborList) -> NeighborList:
-    """Rebuild the list if any particle moved more than skin/2 since the last build. Jit-able."""
+    """Rebuild the list if any particle moved more than skin/2 since the last build. Jit-able;
+    under :func:`shared_rebuilds` the decision is shared by the vmapped batch."""
     d = space.displacement(positions, nbrs.reference)
     moved = jnp.max(jnp.sum(d * d, axis=-1)) > (0.5 * nbrs.skin) ** 2
+    axis = _batch_axis.get()
+    if axis is not None:  # one predicate for the batch: cond stays a cond under vmap
+        moved = jax.lax.psum(moved.astype(jnp.int32), axis) > 0
     return jax.lax.cond(moved, lambda: _build(space, positions, nbrs), lambda: nbrs)
 
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import neighbors as nl
 from ..dynamics import integrators as integ
 from ..potentials.base import Sum
 from . import cv as cvs_mod
@@ -162,7 +163,9 @@ def metadynamics(potential, cvs: Sequence[cvs_mod.CV] | cvs_mod.CV, *, sigma, he
         meta = states.extra
         bare = replace(states, extra=None)
         p = {"system": params, "bias": {"table": meta.table}}
-        bare = jax.vmap(lambda st: inner.step(st, p, settings, energy=energy))(bare)
+        with nl.shared_rebuilds("walkers"):  # one list-rebuild decision for all walkers
+            bare = jax.vmap(lambda st: inner.step(st, p, settings, energy=energy),
+                            axis_name="walkers")(bare)
         kT = jnp.asarray(1.0, dtype) if np.isinf(bias_factor) else _kT(settings)
 
         def add(meta):

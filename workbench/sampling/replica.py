@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import neighbors as nl
 from ..dynamics import integrators as integ
 
 Array = jax.Array
@@ -95,8 +96,10 @@ class ReplicaExchange:
 
         def steps(st):
             def one(st, _):
-                return jax.vmap(lambda s, p, c: self.integrator.step(s, p, c, energy=False),
-                                in_axes=(0, p_axis, 0))(st, params, settings), None
+                with nl.shared_rebuilds("replicas"):  # one list-rebuild decision for all
+                    return jax.vmap(lambda s, p, c: self.integrator.step(s, p, c, energy=False),
+                                    in_axes=(0, p_axis, 0), axis_name="replicas")(
+                                        st, params, settings), None
             return jax.lax.scan(one, st, None, length=self.exchange_every)[0]
 
         def round_(carry, parity):

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import neighbors as nl
 from ..dynamics import integrators as integ
 from ..potentials.base import Sum
 from . import cv as cvs_mod
@@ -80,8 +81,10 @@ class Umbrella:
         """One step of every window (``vmap`` over the window axis); ``bias_params`` from
         :meth:`window_params` (default: the sampler's centres)."""
         bp = self.window_params() if bias_params is None else bias_params
-        return jax.vmap(lambda st, b: self.inner.step(st, {"system": params, "bias": b}, settings,
-                                                      energy=energy))(states, bp)
+        with nl.shared_rebuilds("windows"):  # one list-rebuild decision for all windows
+            return jax.vmap(lambda st, b: self.inner.step(st, {"system": params, "bias": b},
+                                                          settings, energy=energy),
+                            axis_name="windows")(states, bp)
 
     def cv_values(self, states) -> Array:
         """(W, d) CV values of every window's state."""
