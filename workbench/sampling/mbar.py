@@ -161,7 +161,8 @@ def mbar(u_kn, n_k, *, f_init=None, max_iter: int = 100, tol: float = 1e-12) -> 
 
     f_init: (K,) starting free energies (default zeros); max_iter: Newton steps (structural);
     tol: stop when the largest |gradient| / N is below it (the self-consistent equations to that
-    relative accuracy). Works under jit and vmap (over stacked data sets of one shape); the
+    relative accuracy; at least 8 machine epsilons of the data's precision, so float32 data stop
+    at round-off instead of running all max_iter steps). Works under jit and vmap (over stacked data sets of one shape); the
     free energies are differentiable with respect to u_kn by implicit differentiation of the
     stationarity condition (autodiff through the converged weights gives it exactly, because
     F is differentiated at its minimum).
@@ -169,6 +170,8 @@ def mbar(u_kn, n_k, *, f_init=None, max_iter: int = 100, tol: float = 1e-12) -> 
     u_kn, n_k = _check(u_kn, n_k)
     k = u_kn.shape[0]
     f0 = jnp.zeros(k, u_kn.dtype) if f_init is None else jnp.asarray(f_init, u_kn.dtype)
+    # the gradient cannot fall below round-off: in float32 stop at 8 eps (~1e-6 of N)
+    tol = max(float(tol), 8.0 * float(jnp.finfo(u_kn.dtype).eps))
     its, f, gnorm = _solve(jax.lax.stop_gradient(u_kn), jax.lax.stop_gradient(n_k),
                            jax.lax.stop_gradient(f0), int(max_iter), tol)
     f = _implicit(f, u_kn, n_k)
