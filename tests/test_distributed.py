@@ -27,11 +27,12 @@ def test_umbrella_windows_on_a_local_cluster_equal_local_runs():
     tasks = _tasks()
     remote = dist.run_independent(us.sample_window, tasks, n_workers=2, timeout=600)
     # the workers compute in JAX's default float32; the test session runs in float64
+    old = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", False)
     try:
         local = [us.sample_window(t) for t in tasks]
     finally:
-        jax.config.update("jax_enable_x64", True)
+        jax.config.update("jax_enable_x64", old)
     assert len(remote) == 4
     for r, here, t in zip(remote, local, tasks):
         assert r.shape == (200, 1)

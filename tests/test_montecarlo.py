@@ -84,6 +84,7 @@ def test_double_well_distribution_is_exact(mode, step):
 
 
 def test_local_energy_change_equals_full_difference():
+    old = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     try:
         system = wb.lj_fluid(n_atoms=256, density=0.8, cutoff=2.5, skin=0.5, truncation="shift")
@@ -102,7 +103,7 @@ def test_local_energy_change_equals_full_difference():
             du_all = pot.atom_energy(i, new, r, params) - pot.atom_energy(i, r[i], r, params)
             assert float(du_all) == pytest.approx(float(full), rel=1e-9, abs=1e-10)
     finally:
-        jax.config.update("jax_enable_x64", False)
+        jax.config.update("jax_enable_x64", old)  # the suite runs in float64 (conftest)
 
 
 def test_bad_monte_carlo_input_is_named():
