@@ -10,3 +10,16 @@ os.environ.setdefault("WORKBENCH_CPU_DEVICES", "auto")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def x64():
+    """Float64 for the test, and the previous flag back afterwards (pymbar, for one, switches
+    JAX to 64-bit globally when it runs)."""
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", before)

@@ -11,14 +11,6 @@ from workbench import space as spaces
 from workbench.sampling import cv
 
 
-@pytest.fixture
-def x64():
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", old)
-
-
 def _traj(xyz):
     top = mdtraj.Topology()
     chain = top.add_chain()

@@ -26,15 +26,6 @@ def oscillators(seed=0, n_per_state=(400, 300, 500, 0, 250)):
     return u_kn, np.array(n_per_state, float), f - f[0]
 
 
-@pytest.fixture
-def x64():
-    """pymbar switches JAX to 64-bit globally when it runs; restore the flag afterwards."""
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", before)
-
-
 def test_matches_pymbar_and_exact(x64):
     pymbar = pytest.importorskip("pymbar")
     u_kn, n_k, exact = oscillators()

@@ -25,14 +25,6 @@ def exact_double_well(x):
     return BARRIER * (x * x - 1.0) ** 2
 
 
-@pytest.fixture
-def x64():
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", old)
-
-
 def test_hermite_grid_reproduces_a_gaussian_and_its_gradient(x64):
     cvs = [cv.Position(0, 0), cv.Dihedral(0, 1, 2, 3)]
     grid = bias.Grid.for_cvs(cvs, lower=[-2.0, None], upper=[2.0, None], bins=[80, 72])

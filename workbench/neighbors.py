@@ -199,11 +199,12 @@ def shared_rebuilds(axis_name: str):
         _batch_axis.reset(token)
 
 
-def update(space: Space, positions: Array, nbrs: NeighborList) -> NeighborList:
-    """Rebuild the list if any particle moved more than skin/2 since the last build. Jit-able;
-    under :func:`shared_rebuilds` the decision is shared by the vmapped batch."""
+def update(space: Space, positions: Array, nbrs: NeighborList, margin=0.0) -> NeighborList:
+    """Rebuild the list if any particle moved more than skin/2 - ``margin`` since the last build
+    (``margin``: how far particles may still move before the next update, e.g. one Monte Carlo
+    sweep). Jit-able; under :func:`shared_rebuilds` the decision is shared by the batch."""
     d = space.displacement(positions, nbrs.reference)
-    moved = jnp.max(jnp.sum(d * d, axis=-1)) > (0.5 * nbrs.skin) ** 2
+    moved = jnp.max(jnp.sum(d * d, axis=-1)) > (0.5 * nbrs.skin - margin) ** 2
     axis = _batch_axis.get()
     if axis is not None:  # one predicate for the batch: cond stays a cond under vmap
         moved = jax.lax.psum(moved.astype(jnp.int32), axis) > 0

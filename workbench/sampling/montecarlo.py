@@ -177,17 +177,13 @@ def metropolis(potential, *, mode: str = "single", step_size: float = 0.1, targe
                       potential=potential, mode=mode)
 
 
+
 def _refresh(potential, positions, aux, box, margin) -> Any:
-    """Rebuild the neighbor list(s) in ``aux`` when a particle has moved more than half the skin
-    minus ``margin`` (the largest move of the next sweep) since the last build."""
+    """Update the neighbor list(s) in ``aux`` so they stay exact while particles move up to
+    ``margin`` more (the next sweep)."""
     from .. import neighbors as nl
 
-    def one(a):
-        if not isinstance(a, nl.NeighborList):
-            return a
-        space = potential.box_space(box)
-        d = space.displacement(positions, a.reference)
-        stale = jnp.max(jnp.sum(d * d, -1)) > (0.5 * a.skin - margin) ** 2
-        return jax.lax.cond(stale, lambda: nl.rebuild(space, positions, a), lambda: a)
-
-    return jax.tree_util.tree_map(one, aux, is_leaf=lambda x: isinstance(x, nl.NeighborList))
+    space = potential.box_space(box)
+    return jax.tree_util.tree_map(
+        lambda a: nl.update(space, positions, a, margin) if isinstance(a, nl.NeighborList) else a,
+        aux, is_leaf=lambda x: isinstance(x, nl.NeighborList))
