@@ -78,6 +78,48 @@ def test_every_rung_keeps_its_own_temperature(tempering):
     assert np.all(np.abs(mean - kT) < 4 * err + 0.01 * kT), (mean, kT, err)
 
 
+def test_tempering_lowest_rung_recovers_mueller_brown():
+    """Six rungs (kT 2.5 to 12) on the 2-D Mueller-Brown surface of the umbrella and
+    metadynamics tests: the lowest rung's histogram on 0.1 nm bins against the exact
+    bin-averaged free energy, over the region below 3 kT."""
+    from test_umbrella import binned_mueller_brown, mueller_brown
+
+    from workbench.sampling import bias, cv
+
+    def energy(r, p):
+        return mueller_brown(r[0, 0], r[0, 1]) + 50.0 * r[0, 2] ** 2
+
+    kT0 = 2.5
+    re = rx.replica_exchange(FunctionPotential(energy), exchange_every=10)
+    settings = rx.ladder(re.integrator.settings, kT0, 12.0, 6, dt=0.005, gamma=5.0)
+    states, stats = re.init(jax.random.PRNGKey(1), np.array([[-0.55, 1.45, 0.0]]), {},
+                            settings)
+    run = jax.jit(lambda st, sa: re.run(st, sa, {}, settings, 20000,
+                                        record=lambda s: s.positions[0, 0, :2]))
+    states, stats, _ = run(states, stats)  # equilibration
+    xy = []
+    for _ in range(12):
+        states, stats, out = run(states, stats)
+        xy.append(np.asarray(out))
+    xy = np.concatenate(xy)
+    grid = bias.Grid.for_cvs([cv.Position(0, 0), cv.Position(0, 1)], lower=[-1.5, -0.5],
+                             upper=[1.1, 2.1], bins=[26, 26])
+    exact = binned_mueller_brown(grid)
+    idx = [np.rint((xy[:, a] - grid.lower[a]) / grid.spacing[a]).astype(int) for a in range(2)]
+    inside = np.all([(i >= 0) & (i < n) for i, n in zip(idx, grid.shape)], axis=0)
+    h = np.zeros(grid.shape)
+    np.add.at(h, (idx[0][inside], idx[1][inside]), 1.0)
+    with np.errstate(divide="ignore"):
+        f = -kT0 * np.log(h)
+    d = (f - exact)[exact < 3.0 * kT0]
+    assert np.all(np.isfinite(d))
+    err = np.abs(d - d.mean()).max() / kT0
+    print(f"Mueller-Brown, lowest rung of 6: max error {err:.3f} kT over {d.size} bins; "
+          f"acceptance {np.round(np.asarray(stats.acceptance()), 2)}")
+    assert err < 0.2
+    assert np.all(np.asarray(stats.round_trips) > 1000)
+
+
 def test_hamiltonian_exchange_over_barrier_heights():
     re = rx.replica_exchange(FunctionPotential(double_well), exchange_every=50)
     heights = jnp.asarray(np.geomspace(BARRIER, 1.0, 6))

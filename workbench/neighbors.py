@@ -134,7 +134,13 @@ keeps the (B, K) temporaries in cache; XLA does not fuse the unblocked form and 
 
 def padded_rows(n: int) -> int:
     """Rows of the neighbor table: N rounded up to a whole number of blocks per device (see
-    :mod:`workbench.parallel`), so that the blocks split evenly over the CPU devices."""
+    :mod:`workbench.parallel`), so that the blocks split evenly over the CPU devices. A system
+    of at most one block is one short block (a multiple of the build's 64 rows): it is never
+    split over devices, and padding 100 atoms to 2 x 256 rows doubled its cost."""
+    from .listbuild import BUILD_BLOCK
+
+    if n <= BLOCK:
+        return max(-(-n // BUILD_BLOCK), 1) * BUILD_BLOCK
     step = BLOCK * parallel.device_count()
     return -(-n // step) * step
 

@@ -28,7 +28,8 @@ from . import cv as cvs_mod
 
 Array = jax.Array
 
-__all__ = ["Harmonic", "Grid", "GridBias", "gaussian_on_grid", "hermite_interpolate"]
+__all__ = ["Harmonic", "Grid", "GridBias", "gaussian_on_grid", "hermite_interpolate", "hill_reach",
+           "add_hills", "HILL_CUTOFF"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -187,6 +188,79 @@ def gaussian_on_grid(grid: Grid, center: Array, sigma: Array, height: Array) -> 
             table = table[..., None] * f
         out.append(table)
     return height * jnp.stack(out, -1)
+
+
+HILL_CUTOFF = 6.0
+"""Hills are tabulated out to this many widths (exp(-18) ~ 1.5e-8 of the height beyond)."""
+
+
+def hill_reach(grid: Grid, sigma) -> tuple[int, ...]:
+    """Grid points on each side of a hill's centre that :func:`hill_patches` fills, for widths
+    ``sigma`` (d,) (structural: from the construction-time widths)."""
+    sig = np.broadcast_to(np.asarray(sigma, dtype=float), (grid.dim,))
+    return tuple(int(np.ceil(HILL_CUTOFF * sg / sp)) for sg, sp in zip(sig, grid.spacing))
+
+
+def _windows(grid: Grid, a: int, center: Array, m: int):
+    """Axis ``a``'s update windows for a hill at ``center`` reaching ``m`` points each side:
+    a list of (start index, (P,) wrapped distances of the window's points from the centre,
+    (P,) mask of the points this window updates)."""
+    sp, lo, n = float(grid.spacing[a]), grid.lower[a], grid.shape[a]
+    p = grid.periods[a]
+    size = min(2 * m + 1, n)
+    i0 = jnp.rint((center - lo) / sp).astype(jnp.int32)
+    first = jnp.clip(i0 - m, 0, n - size).astype(jnp.int32)
+    starts = [first]
+    if p is not None and size < n:  # the part of the hill that wraps past either end
+        starts.append(jnp.where(i0 - m < 0, n - size, 0).astype(jnp.int32))
+    out = []
+    for k, start in enumerate(starts):
+        j = start + jnp.arange(size)
+        d = lo + j * sp - center
+        if p is not None:
+            d = d - p * jnp.floor(d / p + 0.5)
+        keep = jnp.abs(d) <= (m + 0.5) * sp
+        if k == 1:  # points the first window already holds
+            keep &= (j < first) | (j >= first + size)
+        out.append((start, d, keep))
+    return out
+
+
+def add_hills(grid: Grid, table: Array, centers: Array, sigma: Array, heights: Array,
+              reach: tuple[int, ...]) -> Array:
+    """``table`` plus hills at ``centers`` (W, d) with ``heights`` (W,) kJ/mol and widths
+    ``sigma`` (d,), each on the grid points within ``reach`` (see :func:`hill_reach`) of its
+    centre: (2 reach + 1)^d points instead of the whole grid.
+
+    Written with ``dynamic_update_slice`` windows (two per periodic axis, for the part of a hill
+    that wraps around): XLA updates those in place inside ``lax.cond``, where a scatter made it
+    copy the whole table on every MD step, taken or not (measured 6 us a step for a 100 x 100
+    grid)."""
+    d_dim = grid.dim
+
+    def one(w, tab):
+        c, h = centers[w], heights[w]
+        axes = []
+        for a in range(d_dim):
+            wins = []
+            for start, d, keep in _windows(grid, a, c[a], reach[a]):
+                g = jnp.where(keep, jnp.exp(-0.5 * (d / sigma[a]) ** 2), 0.0)
+                wins.append((start, g, -d / sigma[a] ** 2 * g))
+            axes.append(wins)
+        combos = [(x,) for x in axes[0]] if d_dim == 1 else \
+            [(x, y) for x in axes[0] for y in axes[1]]
+        for combo in combos:
+            chans = []
+            for ch in range(2**d_dim):  # channel ch: derivative along axis a iff bit a set
+                f = [combo[a][2] if (ch >> a) & 1 else combo[a][1] for a in range(d_dim)]
+                chans.append(f[0] if d_dim == 1 else f[0][:, None] * f[1][None, :])
+            patch = h * jnp.stack(chans, -1)
+            start = tuple(x[0] for x in combo) + (jnp.asarray(0, jnp.int32),)
+            cur = jax.lax.dynamic_slice(tab, start, patch.shape)
+            tab = jax.lax.dynamic_update_slice(tab, cur + patch.astype(tab.dtype), start)
+        return tab
+
+    return jax.lax.fori_loop(0, centers.shape[0], one, table)
 
 
 @dataclass(frozen=True, eq=False)

@@ -30,7 +30,7 @@ from .. import neighbors as nl
 from ..dynamics import integrators as integ
 from ..potentials.base import Sum
 from . import cv as cvs_mod
-from .bias import Grid, GridBias, gaussian_on_grid
+from .bias import Grid, GridBias, add_hills, hill_reach
 
 Array = jax.Array
 
@@ -73,17 +73,26 @@ def _kT(settings) -> Array:
     return settings.kT
 
 
-def deposit(bias: GridBias, meta: MetadState, s: Array, kT: Array) -> MetadState:
-    """Add one hill per row of ``s`` (W, d) (walkers) at the current bias: heights
-    w0 exp(-V(s)/(kT (gamma - 1))), all evaluated on the bias before this deposit."""
+def _heights(bias: GridBias, meta: MetadState, s: Array, kT: Array) -> Array:
+    """Well-tempered heights (W,) kJ/mol of hills at ``s`` (W, d) on the current bias."""
     params = {"table": meta.table}
     v = jax.vmap(lambda x: bias.bias_at(x, params))(s)
     gamma = meta.bias_factor
     scale = jnp.where(jnp.isinf(gamma), 1.0,
                       jnp.exp(-v / (kT * jnp.where(jnp.isinf(gamma), 1.0, gamma - 1.0))))
-    heights = meta.height * scale
-    hills = jax.vmap(lambda c, w: gaussian_on_grid(bias.grid, c, meta.sigma, w))(s, heights)
-    return replace(meta, table=meta.table + jnp.sum(hills, 0),
+    return meta.height * scale
+
+
+def deposit(bias: GridBias, meta: MetadState, s: Array, kT: Array,
+            reach: tuple[int, ...] | None = None) -> MetadState:
+    """Add one hill per row of ``s`` (W, d) (walkers) at the current bias: heights
+    w0 exp(-V(s)/(kT (gamma - 1))), all evaluated on the bias before this deposit. reach: grid
+    points filled on each side of a centre (default :func:`~.bias.hill_reach` of the state's
+    widths, which must then be concrete)."""
+    if reach is None:
+        reach = hill_reach(bias.grid, np.asarray(meta.sigma))
+    table = add_hills(bias.grid, meta.table, s, meta.sigma, _heights(bias, meta, s, kT), reach)
+    return replace(meta, table=table,
                    n_hills=meta.n_hills + s.shape[0])
 
 
@@ -116,6 +125,7 @@ def metadynamics(potential, cvs: Sequence[cvs_mod.CV] | cvs_mod.CV, *, sigma, he
         raise ValueError(f"hill widths {sig} are narrower than the grid spacing {grid.spacing}: "
                          "use more bins or wider hills (PLUMED suggests spacing <= sigma / 2)")
     bias = GridBias(cvs, grid, space=potential.space)
+    reach = hill_reach(grid, sig)  # hills are local patches (structural: these widths)
     biased = Sum({"system": potential, "bias": bias})
     factory = FACTORIES[integrator]
     inner = factory(biased) if constraints is None else factory(biased, constraints)
@@ -139,7 +149,7 @@ def metadynamics(potential, cvs: Sequence[cvs_mod.CV] | cvs_mod.CV, *, sigma, he
 
         def add(meta):
             s = cvs_mod.values(cvs, state.positions, state.box)[None, :]
-            return deposit(bias, meta, s, kT)
+            return deposit(bias, meta, s, kT, reach)
 
         meta = jax.lax.cond(state.step % pace == 0, add, lambda m: m, meta)
         return replace(state, extra=meta)
@@ -170,7 +180,7 @@ def metadynamics(potential, cvs: Sequence[cvs_mod.CV] | cvs_mod.CV, *, sigma, he
 
         def add(meta):
             s = jax.vmap(lambda r, b: cvs_mod.values(cvs, r, b))(bare.positions, bare.box)
-            return deposit(bias, meta, s, kT)
+            return deposit(bias, meta, s, kT, reach)
 
         meta = jax.lax.cond(bare.step[0] % pace == 0, add, lambda m: m, meta)
         return replace(bare, extra=meta)

@@ -1,0 +1,171 @@
+"""Alanine dipeptide in vacuum (amber14, H-bond constraints, 300 K, 2 fs Langevin): the phi/psi
+free-energy surface from well-tempered metadynamics (multiple walkers; sum of hills and
+Tiwary-Parrinello reweighting) against 2-D umbrella sampling + MBAR, compared at the basins.
+
+Run: python tools/validate_alanine_fes.py [--metad-ns 2] [--umbrella-ps 100] [--json FILE]
+Minutes on 2 CPU cores at the defaults; results go to benchmarks/RESULTS.md by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+BASINS = {  # (phi, psi) degrees: the usual vacuum minima
+    "C7eq": (-83.0, 73.0),
+    "C5": (-155.0, 160.0),
+    "alphaR": (-75.0, -25.0),
+    "C7ax": (70.0, -70.0),
+    "alphaL": (60.0, 40.0),
+}
+KCAL = 4.184
+
+
+def basin_values(axes, f, radius_deg: float = 25.0) -> dict[str, float]:
+    """Minimum of F (kJ/mol) within ``radius_deg`` of each basin centre (periodic distance)."""
+    phi, psi = np.meshgrid(np.degrees(axes[0]), np.degrees(axes[1]), indexing="ij")
+    out = {}
+    for name, (a, b) in BASINS.items():
+        dp = (phi - a + 180.0) % 360.0 - 180.0
+        ds = (psi - b + 180.0) % 360.0 - 180.0
+        near = dp * dp + ds * ds < radius_deg**2
+        out[name] = float(np.min(np.where(near, f, np.inf)))
+    return out
+
+
+def metadynamics_run(system, cvs, kT, ns: float, walkers: int, seed: int):
+    import jax
+
+    from workbench.sampling import cv as cvs_mod
+    from workbench.sampling import metadynamics as md
+
+    sampler = md.metadynamics(system.potential, cvs, sigma=0.35, height=1.2, bias_factor=6.0,
+                              pace=500, bins=72, constraints=system.constraints())
+    settings = sampler.inner.settings(dt=0.002, kT=kT, gamma=1.0)
+    start = np.broadcast_to(np.asarray(system.positions), (walkers,) + system.positions.shape)
+    state = sampler.init_walkers(jax.random.PRNGKey(seed), start, system.params, settings,
+                                 masses=system.masses)
+    stride = 250  # 0.5 ps between samples
+
+    @jax.jit
+    def chunk(state):
+        def body(c, _):
+            c = jax.lax.fori_loop(0, stride, lambda i, c: sampler.step_walkers(
+                c, system.params, settings, energy=False), c)
+            s = jax.vmap(lambda r, b: cvs_mod.values(cvs, r, b))(c.positions, c.box)
+            v = jax.vmap(lambda x: sampler.bias.bias_at(x, {"table": c.extra.table}))(s)
+            return c, (s, v - md.rct(sampler, c.extra, settings.kT))
+        return jax.lax.scan(body, state, None, length=200)  # 100 ps per chunk
+
+    chunks = max(int(round(ns * 10)), 2)
+    hills, samples = [], []
+    for i in range(chunks):
+        state, out = chunk(state)
+        hills.append(md.free_energy(sampler, state.extra)[1])
+        samples.append([np.asarray(o) for o in out])
+        print(f"  metadynamics: {(i + 1) * 0.1:.1f} ns per walker", flush=True)
+    axes = sampler.bias.grid.axes()
+    half = chunks // 2
+    f_hills = np.mean(hills[half:], axis=0)
+    s = np.concatenate([a for a, _ in samples[half:]]).reshape(-1, 2)
+    lw = np.concatenate([b for _, b in samples[half:]]).ravel() / float(kT)
+    _, f_rw = md.reweighted_free_energy(sampler.bias.grid, s, lw, float(kT))
+    return axes, f_hills - f_hills.min(), f_rw
+
+
+def umbrella_run(system, cvs, kT, ps: float, per_axis: int, k: float, seed: int):
+    import jax
+
+    from workbench.sampling import bias
+    from workbench.sampling import umbrella as us
+
+    g = np.linspace(-np.pi, np.pi, per_axis, endpoint=False)
+    gx, gy = np.meshgrid(g, g, indexing="ij")
+    centers = np.stack([gx.ravel(), gy.ravel()], -1)
+    sampler = us.umbrella(system.potential, cvs, centers, k, constraints=system.constraints())
+    settings = sampler.inner.settings(dt=0.002, kT=kT, gamma=1.0)
+    states = sampler.init_windows(jax.random.PRNGKey(seed), system.positions, system.params,
+                                  settings, masses=system.masses)
+    stride = 250
+
+    def run(states, n):
+        def body(c, _):
+            c = jax.lax.fori_loop(0, stride, lambda i, c: sampler.step_windows(
+                c, system.params, settings, energy=False), c)
+            return c, sampler.cv_values(c)
+        return jax.lax.scan(body, states, None, length=n)
+
+    run = jax.jit(run, static_argnums=1)
+    states, _ = run(states, 40)  # 20 ps to reach the windows
+    samples = []
+    n_chunks = max(int(round(ps / 25.0)), 1)
+    for i in range(n_chunks):
+        states, s = run(states, 50)  # 25 ps
+        samples.append(np.asarray(s))
+        print(f"  umbrella: {(i + 1) * 25} ps per window", flush=True)
+    s = np.concatenate(samples).transpose(1, 0, 2)  # (windows, samples, 2)
+    grid = bias.Grid.for_cvs(cvs, bins=72)
+    axes, f, _ = us.free_energy_mbar(s, centers, k, float(kT), grid)
+    return axes, f
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--metad-ns", type=float, default=2.0, help="ns per walker")
+    ap.add_argument("--walkers", type=int, default=8)
+    ap.add_argument("--umbrella-ps", type=float, default=100.0, help="ps per window")
+    ap.add_argument("--windows-per-axis", type=int, default=18)
+    ap.add_argument("--k", type=float, default=100.0, help="umbrella kJ/mol/rad^2")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    from workbench import parallel
+
+    parallel.configure(1)
+    from workbench import units
+    from workbench.bench.sampling import dipeptide
+
+    system, cvs = dipeptide()
+    kT = units.kT_from_kelvin(300.0)
+    t0 = time.perf_counter()
+    m_axes, f_hills, f_rw = metadynamics_run(system, cvs, kT, args.metad_ns, args.walkers,
+                                             args.seed)
+    t_metad = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    u_axes, f_us = umbrella_run(system, cvs, kT, args.umbrella_ps, args.windows_per_axis,
+                                args.k, args.seed + 1)
+    t_us = time.perf_counter() - t0
+    result = {"settings": vars(args), "seconds": {"metadynamics": t_metad, "umbrella": t_us},
+              "basins_kJ_per_mol": {}}
+    ref = basin_values(u_axes, f_us)
+    rows = {"umbrella+MBAR": ref, "metad hills": basin_values(m_axes, f_hills),
+            "metad reweighting": basin_values(m_axes, f_rw)}
+    for name, vals in rows.items():
+        base = vals["C7eq"]
+        result["basins_kJ_per_mol"][name] = {b: v - base for b, v in vals.items()}
+    ref_rel = result["basins_kJ_per_mol"]["umbrella+MBAR"]
+    for name in ("metad hills", "metad reweighting"):
+        rel = result["basins_kJ_per_mol"][name]
+        diffs = {b: (rel[b] - ref_rel[b]) / KCAL for b in BASINS
+                 if np.isfinite(rel[b]) and np.isfinite(ref_rel[b])}
+        result[f"max_abs_diff_kcal_{name.replace(' ', '_')}"] = max(abs(v) for v in diffs.values())
+        result[f"diff_kcal_{name.replace(' ', '_')}"] = diffs
+    print("basin free energies relative to C7eq (kcal/mol):")
+    print("basin    " + "".join(f"{n:>20}" for n in rows))
+    for b in BASINS:
+        print(f"{b:8s} " + "".join(f"{result['basins_kJ_per_mol'][n][b] / KCAL:20.2f}"
+                                   for n in rows))
+    for name in ("metad_hills", "metad_reweighting"):
+        print(f"max |difference| {name}: {result['max_abs_diff_kcal_' + name]:.2f} kcal/mol")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1, default=float)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""Gradients of ensemble averages by reweighting: samples held fixed, parameters moved.
+
+For configurations x_i drawn from exp(-U(x; theta0) / kT) (times a known bias, see below),
+the average of O at a nearby theta is the self-normalised importance-sampling estimate
+
+    <O>_theta = sum_i w_i(theta) O(x_i; theta),
+    w_i(theta) = softmax_i( log_weight_i - (U(x_i; theta) - U(x_i; theta0)) / kT ),
+
+and its derivative at theta0 is the fluctuation formula
+
+    d<O>/dtheta = <dO/dtheta> - (1 / kT) Cov(O, dU/dtheta).
+
+:func:`reweighted_average` computes the first expression as a pure JAX function of ``params``
+(reference parameters held by ``stop_gradient`` unless given), so ``jax.grad`` of it *is* the
+second expression, any loss built from several averages differentiates by the chain rule, and
+it runs under ``jit``, ``vmap`` and higher-order ``grad``. Frames are visited with
+``lax.map`` over a ``jax.checkpoint``-ed body, so reverse mode stores no per-frame residuals;
+each frame's neighbor list is rebuilt from a template (its capacity is structural).
+
+Biased runs (metadynamics, umbrella windows) enter through ``log_weight``: the log of each
+frame's weight toward the unbiased ensemble, e.g. (V_bias(s_i, t_i) - c(t_i)) / kT from
+:func:`workbench.sampling.metadynamics.rct`. The Kish effective sample size
+(sum w)^2 / sum w^2 says how many frames the estimate rests on; :func:`ensemble_gradient`
+warns when it is small, and gives block-averaged standard errors.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import neighbors as nl
+from ..potentials.base import overflowed
+
+Array = jax.Array
+
+__all__ = ["Samples", "Reweighted", "GradientEstimate", "LowESSWarning", "reweighted_average",
+           "frame_values", "frame_derivatives", "ensemble_gradient", "fit_template",
+           "potential_energy", "virial_pressure"]
+
+Observable = Callable[[Array, Any, Any, Any], Array]
+"""observable(positions (N, 3) nm, params, aux, box (3, 3) | None) -> array (any shape)."""
+
+
+class LowESSWarning(UserWarning):
+    """The reweighted estimate rests on few effective samples."""
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class Samples:
+    """Frames to reweight. positions: (F, N, 3) nm; box: (F, 3, 3) nm or None (the potential's
+    box); log_weight: (F,) log weight of each frame toward the unbiased ensemble at the
+    reference parameters (zeros for unbiased sampling)."""
+
+    positions: Array
+    box: Array | None
+    log_weight: Array
+
+    @classmethod
+    def from_frames(cls, positions, box=None, log_weight=None) -> "Samples":
+        """Checked constructor: positions (F, N, 3), box (F, 3, 3) or None, log_weight (F,)."""
+        r = jnp.asarray(positions)
+        if r.ndim != 3 or r.shape[-1] != 3 or r.shape[0] < 2:
+            raise ValueError(f"positions must be (F, N, 3) with F >= 2 frames, got {r.shape}")
+        if not bool(jnp.all(jnp.isfinite(r))):
+            raise ValueError("positions contain non-finite values")
+        f = r.shape[0]
+        if box is not None:
+            box = jnp.asarray(box, r.dtype)
+            if box.shape != (f, 3, 3):
+                raise ValueError(f"box must be (F, 3, 3) = ({f}, 3, 3), got {box.shape}")
+        lw = jnp.zeros(f, r.dtype) if log_weight is None else jnp.asarray(log_weight, r.dtype)
+        if lw.shape != (f,):
+            raise ValueError(f"log_weight must be (F,) = ({f},), got {lw.shape}")
+        if not bool(jnp.all(jnp.isfinite(lw))):
+            raise ValueError("log_weight contains non-finite values")
+        return cls(positions=r, box=box, log_weight=lw)
+
+    @property
+    def n_frames(self) -> int:
+        return self.positions.shape[0]
+
+    def block(self, i: int, n_blocks: int) -> "Samples":
+        """The i-th of ``n_blocks`` contiguous blocks of frames (host side)."""
+        size = self.n_frames // n_blocks
+        sl = slice(i * size, (i + 1) * size)
+        return Samples(self.positions[sl], None if self.box is None else self.box[sl],
+                       self.log_weight[sl])
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class Reweighted:
+    """value: the reweighted average (observable's shape); ess: () Kish effective sample size;
+    log_w: (F,) normalised log weights; overflow: () bool, a frame's neighbor list overflowed
+    (the result is then wrong: grow the template list, as :func:`ensemble_gradient` does)."""
+
+    value: Array
+    ess: Array
+    log_w: Array
+    overflow: Array
+
+
+def _fresh(potential, positions, aux, box):
+    """``aux`` with every neighbor list rebuilt at ``positions`` (no staleness test: frames are
+    unrelated configurations)."""
+    space = potential.box_space(box)
+    return jax.tree_util.tree_map(
+        lambda a: nl.rebuild(space, positions, a) if isinstance(a, nl.NeighborList) else a,
+        aux, is_leaf=lambda x: isinstance(x, nl.NeighborList))
+
+
+def frame_values(observable: Observable, potential, params, samples: Samples, aux=None,
+                 *, batch_size: int | None = None) -> tuple[Array, Array, Array]:
+    """Per frame: potential energy (F,) kJ/mol, observable (F, ...), and whether any frame's
+    list overflowed (). Pure; checkpointed per frame (reverse mode recomputes, stores nothing).
+    batch_size: frames evaluated together under vmap (structural; default one at a time)."""
+
+    @jax.checkpoint
+    def one(x):
+        r, box = x
+        a = _fresh(potential, r, aux, box)
+        u = potential.energy(r, params, a, box)
+        return u, observable(r, params, a, box), overflowed(a)
+
+    boxes = samples.box
+    xs = (samples.positions, boxes)
+    if boxes is None:
+        def one_nobox(r):
+            return one((r, None))
+        u, o, ovf = jax.lax.map(one_nobox, samples.positions, batch_size=batch_size)
+    else:
+        u, o, ovf = jax.lax.map(one, xs, batch_size=batch_size)
+    return u, o, jnp.any(ovf)
+
+
+def reweighted_average(observable: Observable, potential, params, samples: Samples, kT,
+                       aux=None, *, ref_params=None, batch_size: int | None = None
+                       ) -> Reweighted:
+    """<O> at ``params`` from ``samples`` drawn at ``ref_params`` (default: ``params`` itself,
+    held by ``stop_gradient``, so the value is the plain weighted average and its gradient the
+    fluctuation formula). kT: kJ/mol (scalar, numeric). aux: a neighbor-list template from
+    ``potential.allocate`` (capacity structural), or None. Pure: jit, grad, vmap."""
+    u, o, ovf = frame_values(observable, potential, params, samples, aux, batch_size=batch_size)
+    if ref_params is None:
+        u0 = jax.lax.stop_gradient(u)
+    else:
+        u0, _, ovf0 = frame_values(lambda *a: jnp.zeros(()), potential,
+                                   jax.lax.stop_gradient(ref_params), samples, aux,
+                                   batch_size=batch_size)
+        ovf = ovf | ovf0
+    log_w = samples.log_weight - (u - u0) / kT
+    log_w = log_w - jax.scipy.special.logsumexp(log_w)
+    w = jnp.exp(log_w)
+    value = jnp.tensordot(w, o, axes=1)
+    ess = 1.0 / jnp.sum(w * w)
+    return Reweighted(value=value, ess=jax.lax.stop_gradient(ess),
+                      log_w=jax.lax.stop_gradient(log_w), overflow=ovf)
+
+
+@dataclass(frozen=True)
+class GradientEstimate:
+    """value: <O> (observable's shape); gradient: d<O>/dparams, a params-shaped pytree whose
+    leaves have shape value.shape + leaf.shape; stderr: the same pytree, block-averaged
+    standard errors (None with one block); ess: Kish effective sample size; n_frames."""
+
+    value: np.ndarray
+    gradient: Any
+    stderr: Any
+    ess: float
+    n_frames: int
+
+
+def fit_template(potential, samples: Samples, aux):
+    """Host side: the neighbor-list template ``aux`` grown until every frame's list fits
+    (unchanged when it already does, or when ``aux`` holds no list)."""
+    if not any(isinstance(a, nl.NeighborList) for a in jax.tree_util.tree_leaves(
+            aux, is_leaf=lambda x: isinstance(x, nl.NeighborList))):
+        return aux
+    while True:
+        @jax.jit
+        def flags(template, rs, boxes):
+            def one(x):
+                r, box = x
+                return overflowed(_fresh(potential, r, template, box))
+            if boxes is None:
+                return jax.lax.map(lambda r: one((r, None)), rs)
+            return jax.lax.map(one, (rs, boxes))
+
+        bad = np.asarray(flags(aux, samples.positions, samples.box))
+        if not bad.any():
+            return aux
+        i = int(np.argmax(bad))
+        box = None if samples.box is None else samples.box[i]
+        fresh = _fresh(potential, samples.positions[i], aux, box)
+        aux = nl.grow_all(fresh, samples.positions[i], 1.25)
+
+
+def frame_derivatives(observable: Observable, potential, params, samples: Samples, aux=None,
+                      *, batch_size: int | None = None):
+    """Per frame: U (F,), dU/dparams (pytree of (F, *leaf)), O (F, ...), dO/dparams (pytree of
+    (F, *O.shape, *leaf)), and whether any list overflowed. The raw material of
+    :func:`ensemble_gradient`: averages and blocks are combined from it without re-evaluating
+    frames. Pure; ``jit`` it."""
+
+    def one(x):
+        r, box = x
+        a = _fresh(potential, r, aux, box)
+
+        def uo(p):
+            return potential.energy(r, p, a, box), observable(r, p, a, box)
+
+        (u, o) = uo(params)
+        du = jax.grad(lambda p: uo(p)[0])(params)
+        do = jax.jacrev(lambda p: uo(p)[1])(params)
+        return u, du, o, do, overflowed(a)
+
+    if samples.box is None:
+        out = jax.lax.map(lambda r: one((r, None)), samples.positions, batch_size=batch_size)
+    else:
+        out = jax.lax.map(one, (samples.positions, samples.box), batch_size=batch_size)
+    u, du, o, do, ovf = out
+    return u, du, o, do, jnp.any(ovf)
+
+
+def _estimate(log_weight, du, o, do, kT):
+    """Weighted <O> and <dO> - Cov(O, dU) / kT from per-frame arrays (numpy, host side)."""
+    w = np.exp(log_weight - log_weight.max())
+    w = w / w.sum()
+    mean_o = np.tensordot(w, o, axes=1)
+    do_o = o - mean_o  # (F, *O)
+
+    def leaf(d_u, d_o):
+        d_u = d_u.reshape(len(w), -1)  # (F, P)
+        mean_du = w @ d_u
+        cov = np.einsum("f,fo,fp->op", w, do_o.reshape(len(w), -1), d_u - mean_du)
+        g = np.tensordot(w, d_o, axes=1).reshape(cov.shape) - cov / kT
+        return g.reshape(o.shape[1:] + d_o.shape[1 + o.ndim - 1:])
+
+    return mean_o, jax.tree_util.tree_map(leaf, du, do), 1.0 / np.sum(w * w)
+
+
+def ensemble_gradient(observable: Observable, potential, params, samples: Samples, kT,
+                      aux=None, *, n_blocks: int = 10, min_ess: float = 50.0,
+                      batch_size: int | None = None) -> GradientEstimate:
+    """Host side: <O> and d<O>/dparams at ``params`` (where the samples were drawn) by the
+    fluctuation formula, with standard errors from ``n_blocks`` contiguous blocks (correlated
+    frames: blocks longer than the correlation time). Grows the neighbor-list template until
+    every frame fits. Warns (:class:`LowESSWarning`) when the effective sample size is below
+    ``min_ess``. For an average at other parameters, or a loss of several averages, use
+    :func:`reweighted_average` under ``jax.grad``."""
+    if n_blocks < 1 or samples.n_frames < 2 * n_blocks:
+        raise ValueError(f"need n_blocks >= 1 and at least 2 frames per block; got {n_blocks} "
+                         f"blocks for {samples.n_frames} frames")
+    aux = fit_template(potential, samples, aux)
+    fn = jax.jit(lambda p, s: frame_derivatives(observable, potential, p, s, aux,
+                                                batch_size=batch_size))
+    u, du, o, do, _ = jax.tree_util.tree_map(np.asarray, fn(params, samples))
+    lw = np.asarray(samples.log_weight, dtype=float)
+    value, grad, ess = _estimate(lw, du, o, do, float(kT))
+    if ess < min_ess:
+        warnings.warn(f"reweighting rests on an effective sample size of {ess:.1f} frames "
+                      f"(of {samples.n_frames}); the gradient is unreliable: sample longer, "
+                      "or closer to these parameters", LowESSWarning, stacklevel=2)
+    stderr = None
+    if n_blocks > 1:
+        size = samples.n_frames // n_blocks
+        take = [slice(i * size, (i + 1) * size) for i in range(n_blocks)]
+        grads = [_estimate(lw[b], jax.tree_util.tree_map(lambda a: a[b], du), o[b],
+                           jax.tree_util.tree_map(lambda a: a[b], do), float(kT))[1]
+                 for b in take]
+        stderr = jax.tree_util.tree_map(
+            lambda *bs: np.std(np.stack(bs), axis=0, ddof=1) / np.sqrt(n_blocks), *grads)
+    return GradientEstimate(value=value, gradient=grad, stderr=stderr, ess=float(ess),
+                            n_frames=samples.n_frames)
+
+
+# --- common observables ---------------------------------------------------------------------
+
+def potential_energy(potential) -> Observable:
+    """The observable U(x; theta) (kJ/mol) of ``potential``."""
+
+    def obs(positions, params, aux, box):
+        return potential.energy(positions, params, aux, box)
+
+    return obs
+
+
+def virial_pressure(potential, kT, tail=None) -> Observable:
+    """The configurational pressure estimator P = (N kT + tr W / 3) / V (kJ/mol/nm^3, or
+    reduced units), for Monte Carlo samples (no velocities). tail: optional
+    ``tail(params, volume) -> pressure`` added (e.g. the LJ tail correction)."""
+
+    def obs(positions, params, aux, box):
+        n = positions.shape[0]
+        w = potential.virial(positions, params, aux, box)
+        b = potential.default_box() if box is None else box
+        vol = jnp.abs(jnp.linalg.det(b))
+        p = (n * kT + jnp.trace(w) / 3.0) / vol
+        return p if tail is None else p + tail(params, vol)
+
+    return obs
