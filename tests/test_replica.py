@@ -3,6 +3,7 @@ energy (plain MD at that temperature never crosses the barrier), every rung keep
 Boltzmann distribution, Hamiltonian exchange over barrier heights, and the same results on one
 and on four CPU devices."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -118,6 +119,31 @@ def test_tempering_lowest_rung_recovers_mueller_brown():
           f"acceptance {np.round(np.asarray(stats.acceptance()), 2)}")
     assert err < 0.2
     assert np.all(np.asarray(stats.round_trips) > 1000)
+
+
+def test_overflowing_lists_regrow_for_the_whole_batch():
+    """Replicas whose shared neighbor lists are too small: advance() grows them to one new
+    capacity and recomputes the chunk; the trajectory equals a run with room from the start."""
+    import workbench as wb
+    from workbench import neighbors as nl
+
+    system = wb.lj_fluid(n_atoms=256, density=0.8442, cutoff=2.5, skin=0.3)
+    re = rx.replica_exchange(system.potential, exchange_every=5)
+    settings = rx.ladder(re.integrator.settings, 1.0, 1.5, 3, dt=0.005, gamma=1.0)
+    states, stats = re.init(jax.random.PRNGKey(2), system.positions, system.params, settings,
+                            masses=system.masses)
+    tight = [nl.allocate(system.space, np.asarray(states.positions[i]), 2.5, 0.3,
+                         capacity_factor=0.5) for i in range(3)]
+    squeezed = dataclasses.replace(states, aux=jax.tree_util.tree_map(
+        lambda *x: jnp.stack(x), *tight))
+    assert squeezed.aux.capacity < states.aux.capacity
+    a_states, a_stats, _, grown = re.advance(squeezed, stats, system.params, settings, 4)
+    b_states, b_stats, _, none = re.advance(states, stats, system.params, settings, 4)
+    assert grown >= 1 and none == 0
+    assert not bool(jnp.any(a_states.aux.overflow))
+    np.testing.assert_allclose(np.asarray(a_states.positions), np.asarray(b_states.positions),
+                               atol=1e-9)
+    np.testing.assert_array_equal(np.asarray(a_stats.accepted), np.asarray(b_stats.accepted))
 
 
 def test_hamiltonian_exchange_over_barrier_heights():

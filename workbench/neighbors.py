@@ -35,7 +35,7 @@ Array = jax.Array
 
 __all__ = [
     "NeighborList", "allocate", "update", "rebuild", "grow", "grow_all", "neighbor_table",
-    "padded_rows", "BLOCK", "shared_rebuilds",
+    "padded_rows", "BLOCK", "shared_rebuilds", "grow_batched",
 ]
 
 
@@ -85,12 +85,12 @@ class NeighborList:
 
     @property
     def n_atoms(self) -> int:
-        return self.order.shape[0]
+        return self.order.shape[-1]  # [-1]: also for a batch of lists (leading axes)
 
     @property
     def capacity(self) -> int:
-        """Neighbor slots per particle, K."""
-        return self.idx.shape[1]
+        """Neighbor slots per particle, K (also for a batch of lists)."""
+        return self.idx.shape[-1]
 
     @property
     def list_cutoff(self) -> float:
@@ -394,9 +394,11 @@ def allocate(
     return _host_list(space, positions, pairs, template, k, cell_capacity)
 
 
-def grow(positions, nbrs: NeighborList, factor: float = 1.25) -> NeighborList:
+def grow(positions, nbrs: NeighborList, factor: float = 1.25, *, min_capacity: int = 0,
+         min_cell_capacity: int = 0) -> NeighborList:
     """Host side: a list with room for ``factor`` times the counts found at ``positions`` (the
-    driver's last good state), rebuilt there; the cell grid is recomputed for the current box."""
+    driver's last good state), rebuilt there; the cell grid is recomputed for the current box.
+    min_capacity, min_cell_capacity: lower bounds (a batch sharing one capacity)."""
     space = nbrs.space
     n = nbrs.n_atoms
     r = np.asarray(positions, dtype=np.float64)
@@ -414,7 +416,9 @@ def grow(positions, nbrs: NeighborList, factor: float = 1.25) -> NeighborList:
     max_count = int(np.bincount(pairs[1], minlength=n).max()) if pairs[1].size else 0
     seen = max(max_count, int(nbrs.max_count))
     k = max(nbrs.capacity + 1, int(np.ceil(seen * factor)))
-    k = min(k, max(n - 1, 1))
+    k = max(min(k, max(n - 1, 1)), min_capacity)
+    if grid is not None:
+        cell_capacity = max(cell_capacity, min_cell_capacity)
     template = replace(nbrs, grid=grid, reach=max(reach, 1), overflow=jnp.asarray(False),
                        sort_grid=sort_grid)
     return _host_list(space, positions, pairs, template, k, cell_capacity)
@@ -464,6 +468,32 @@ def neighbor_table(nbrs: NeighborList) -> np.ndarray:
 
 def _is_list(x) -> bool:
     return isinstance(x, NeighborList)
+
+
+def grow_batched(aux, positions, factor: float = 1.25):
+    """Host side: :func:`grow_all` for a batch (replicas, windows, walkers): every leaf of
+    ``aux`` and ``positions`` (B, N, 3) has a leading batch axis. A list any copy of which
+    overflowed is regrown for every copy, all with one shared capacity (the batch shares one
+    program), rebuilt at its own positions."""
+    positions = np.asarray(positions)
+
+    def one(a):
+        if not (_is_list(a) and bool(np.any(np.asarray(a.overflow)))):
+            return a
+        copies = [jax.tree_util.tree_map(lambda x: x[b], a) for b in range(positions.shape[0])]
+        grown = [grow(positions[b], c, factor) for b, c in enumerate(copies)]
+        k = max(g.capacity for g in grown)
+        cells = max(g.cell_capacity for g in grown)
+        grown = [grow(positions[b], c, factor, min_capacity=k, min_cell_capacity=cells)
+                 for b, c in enumerate(copies)]
+        static = {(g.grid, g.reach, g.sort_grid, g.cell_capacity, g.capacity) for g in grown}
+        if len(static) != 1:
+            raise ValueError("the batch's regrown neighbor lists differ in structure (cell grids "
+                             f"{sorted(str(x[0]) for x in static)}): copies in different boxes "
+                             "need method='all_pairs' lists to share one program")
+        return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *grown)
+
+    return jax.tree_util.tree_map(one, aux, is_leaf=_is_list)
 
 
 def grow_all(aux, positions, factor: float = 1.25):

@@ -20,7 +20,7 @@ runs each device's replicas there, and the results equal the one-device ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jax
@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import neighbors as nl
 from ..dynamics import integrators as integ
+from . import batch
 
 Array = jax.Array
 
@@ -71,6 +72,20 @@ class ReplicaExchange:
     integrator: Any
     potential: Any
     exchange_every: int
+    _compiled: dict = field(default_factory=dict, repr=False)
+
+    def advance(self, states, stats: ExchangeStats, params, settings, n_exchanges: int, *,
+                hamiltonian: bool = False, record=None):
+        """Host side: :meth:`run`, compiled once per (n_exchanges, hamiltonian, record), with
+        neighbor-list overflow recovery for the whole batch (:func:`.batch.advance`).
+        Returns (states, stats, recorded, regrowths)."""
+        key = (int(n_exchanges), bool(hamiltonian), record)
+        if key not in self._compiled:
+            self._compiled[key] = jax.jit(lambda st, sa, p, c: self.run(
+                st, sa, p, c, key[0], hamiltonian=key[1], record=key[2]))
+        (states, stats, out), regrowths = batch.advance(self._compiled[key], states, stats,
+                                                        params, settings)
+        return states, stats, out, regrowths
 
     def init(self, key, positions, params, settings, *, hamiltonian: bool = False, **kwargs):
         """States (leading replica axis) and empty statistics. positions: (N, 3) (all replicas

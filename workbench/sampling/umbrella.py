@@ -16,7 +16,7 @@ WHAM (Kumar et al. 1992) is the binned self-consistent solution, iterated in log
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import jax
@@ -27,6 +27,7 @@ from .. import neighbors as nl
 from ..dynamics import integrators as integ
 from ..potentials.base import Sum
 from . import cv as cvs_mod
+from . import batch
 from .bias import Grid, Harmonic
 from .mbar import mbar
 
@@ -49,6 +50,7 @@ class Umbrella:
     k: np.ndarray
     bias: Harmonic
     inner: Any
+    _compiled: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_windows(self) -> int:
@@ -85,6 +87,25 @@ class Umbrella:
             return jax.vmap(lambda st, b: self.inner.step(st, {"system": params, "bias": b},
                                                           settings, energy=energy),
                             axis_name="windows")(states, bp)
+
+    def advance(self, states, params, settings, n_samples: int, stride: int,
+                bias_params=None):
+        """Host side: ``n_samples`` x ``stride`` steps of every window, recording the CVs every
+        ``stride`` steps, with neighbor-list overflow recovery for the whole batch
+        (:func:`.batch.advance`). Compiled once per (n_samples, stride). Returns (states, CV
+        samples (n_samples, W, d), regrowths)."""
+        key = (int(n_samples), int(stride))
+        if key not in self._compiled:
+            def run(states, params, settings, bp):
+                def sample(c, _):
+                    c = jax.lax.fori_loop(0, key[1], lambda i, s: self.step_windows(
+                        s, params, settings, bp, energy=False), c)
+                    return c, self.cv_values(c)
+                return jax.lax.scan(sample, states, None, length=key[0])
+            self._compiled[key] = jax.jit(run)
+        bp = self.window_params() if bias_params is None else bias_params
+        (states, s), regrowths = batch.advance(self._compiled[key], states, params, settings, bp)
+        return states, s, regrowths
 
     def cv_values(self, states) -> Array:
         """(W, d) CV values of every window's state."""
@@ -244,15 +265,7 @@ def sample_window(task: dict) -> np.ndarray:
     states = sampler.init_windows(jax.random.PRNGKey(int(task["seed"])), task["positions"],
                                   task["params"], settings, **kwargs)
     params, stride, steps = task["params"], int(task["stride"]), int(task["steps"])
-
-    @jax.jit
-    def run(states):
-        def sample(c, _):
-            c = jax.lax.fori_loop(0, stride, lambda i, s: sampler.step_windows(
-                s, params, settings, energy=False), c)
-            return c, sampler.cv_values(c)[0]
-        return jax.lax.scan(sample, states, None, length=steps // stride)
-
-    states, _ = run(states)
-    _, s = run(states)
+    states, _, _ = sampler.advance(states, params, settings, steps // stride, stride)
+    _, s, _ = sampler.advance(states, params, settings, steps // stride, stride)
+    s = s[:, 0]
     return np.asarray(s)
