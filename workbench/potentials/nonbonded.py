@@ -43,6 +43,15 @@ from .pairloop import CutoffPairTerm, energy_and_forces, pair_blocks, row_forces
 
 Array = jax.Array
 
+
+def sqrt0(x: Array) -> Array:
+    """sqrt(x) for x >= 0 with derivative 0 (not inf) at x = 0: the geometric mixing rule
+    sqrt(eps_i) sqrt(eps_j) then has finite parameter gradients when a type has no LJ (water
+    hydrogens, eps = 0), where sqrt(eps_i eps_j) gave 0 * inf = NaN for its partners. At eps = 0
+    itself the derivative is taken as 0 (the true one is infinite)."""
+    pos = x > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+
 __all__ = ["Nonbonded", "METHODS"]
 
 METHODS = ("NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic", "Ewald", "PME")
@@ -215,7 +224,7 @@ class Nonbonded(CutoffPairTerm):
 
     def _atoms(self, params):
         pp = self.particle_params(params)
-        return {"q": pp["charge"], "s": 0.5 * pp["sigma"], "e": jnp.sqrt(pp["epsilon"])}
+        return {"q": pp["charge"], "s": 0.5 * pp["sigma"], "e": sqrt0(pp["epsilon"])}
 
     def _pair_block(self, forces: bool):
         def per_block(dx, dy, dz, r2, ai, aj, _):
@@ -250,7 +259,7 @@ class Nonbonded(CutoffPairTerm):
             r = self._distances(positions, self.exclusions, space)
             qq = q[i] * q[j]
             total = total - jnp.sum(self._pair_energy(
-                r * r, qq, 0.5 * (sig[i] + sig[j]), jnp.sqrt(eps[i] * eps[j]), dtype))
+                r * r, qq, 0.5 * (sig[i] + sig[j]), sqrt0(eps[i]) * sqrt0(eps[j]), dtype))
             if self.ewald:
                 from . import ewald
 
@@ -262,7 +271,7 @@ class Nonbonded(CutoffPairTerm):
             if scaled:
                 qq = params["coulomb14scale"] * q[i] * q[j]
                 s = 0.5 * (sig[i] + sig[j])
-                e = params["lj14scale"] * jnp.sqrt(eps[i] * eps[j])
+                e = params["lj14scale"] * sqrt0(eps[i]) * sqrt0(eps[j])
             else:
                 qq, s = params["exception_chargeprod"], params["exception_sigma"]
                 e = params["exception_epsilon"]
@@ -292,7 +301,7 @@ class Nonbonded(CutoffPairTerm):
         counts = jnp.asarray(np.bincount(self.lj_types, minlength=len(self.lj_type_names)),
                              params["sigma"].dtype)
         s = 0.5 * (params["sigma"][:, None] + params["sigma"][None, :])
-        e = jnp.sqrt(params["epsilon"][:, None] * params["epsilon"][None, :])
+        e = sqrt0(params["epsilon"])[:, None] * sqrt0(params["epsilon"])[None, :]
         rc = float(self.cutoff)
         s6 = s**6
         f = e * (s6 * s6 / (9.0 * rc**9) - s6 / (3.0 * rc**3))

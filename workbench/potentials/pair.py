@@ -23,6 +23,8 @@ autodiff. Parameters are per-type arrays (numeric; never recompile).
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -338,18 +340,71 @@ class PairPotential(EnergyTerm):
         return Evaluation(energy=e, forces=f)
 
     def forces_only(self, positions: Array, params, aux=None, box=None) -> Array:
-        """Forces (N, 3) kJ/mol/nm without the energy (a cheaper kernel)."""
+        """Forces (N, 3) kJ/mol/nm without the energy (a cheaper kernel). Reverse mode uses a
+        hand-written Hessian-vector product (see :func:`_pair_forces`)."""
         self._check_params(params)
-        aux = as_list(aux)
+        return _pair_forces(self, positions, params, as_list(aux), self.box_space(box))
+
+    def _forces_plain(self, positions, params, aux, space):
         n = positions.shape[0]
 
         def per_block(dx, dy, dz, r2, p):
             _, du = self._u_du(r2, p)
             return row_forces(-2.0 * du, dx, dy, dz)
 
-        f, inverse = self._blocks(positions, params, aux, self.box_space(box), per_block)
+        f, inverse = self._blocks(positions, params, aux, space, per_block)
         f = f.reshape(-1, 3)[:n]
         return f if inverse is None else f[inverse]
+
+    def _forces_vjp(self, positions, params, aux, space, w):
+        """(w . dF/dx (N, 3), w . dF/dparams, w . dF/dbox (3, 3)) for a cotangent ``w`` (N, 3)
+        on the forces, in one pass over the pairs with gathers only. F_k = sum_j phi(r2) d_kj,
+        so w . dF/dx_k = sum_j [phi (w_k - w_j) + psi d_kj (d_kj . (w_k - w_j))] with
+        psi = 2 dphi/dr2: the Hessian is symmetric, so row sums of the full list need no
+        scatter (autodiff's transpose of the neighbor gather is a scatter-add, slow on CPU).
+        The box enters through the minimum image d = (x_k - x_j) - s B (s integer)."""
+        n = positions.shape[0]
+        types = None if self.types is None else jnp.asarray(self.types)
+        periodic = space.periodic
+        inv_box = jnp.linalg.inv(space.box) if periodic else None
+
+        def mixed(q, ti, tj):
+            return self._pair_params(q, ti, tj) if types is not None else \
+                self._pair_params(q, None, None)
+
+        def block(dx, dy, dz, r2, ai, aj, params, raw):
+            ti, wxi, wyi, wzi = ai  # (B, 1) each: structure of arrays (fast gathers)
+            tj, wxj, wyj, wzj = aj  # (B, K) each; padded neighbors: phi = 0
+
+            def phi_of(q, s):
+                return -2.0 * self._u_du(s, mixed(q, ti, tj))[1]
+
+            phi, dphi = jax.jvp(lambda s: phi_of(params, s), (r2,), (jnp.ones_like(r2),))
+            ux, uy, uz = wxi - wxj, wyi - wyj, wzi - wzj
+            c = 2.0 * dphi * (dx * ux + dy * uy + dz * uz)
+            g = jnp.stack([jnp.sum(phi * ux + c * dx, 1), jnp.sum(phi * uy + c * dy, 1),
+                           jnp.sum(phi * uz + c * dz, 1)], -1)
+            wd = dx * wxi + dy * wyi + dz * wzi
+            _, vjp = jax.vjp(lambda q: phi_of(q, r2), params)
+            (gp,) = vjp(wd)
+            if not periodic:
+                return g, gp, jnp.zeros((3, 3), dx.dtype)
+            c = 2.0 * dphi * wd
+            q = jnp.stack([phi * wxi + c * dx, phi * wyi + c * dy, phi * wzi + c * dz], -1)
+            d = jnp.stack([dx, dy, dz], -1)
+            shift = (jnp.stack(raw, -1) - d) @ inv_box  # image vectors s (B, K, 3)
+            return g, gp, -jnp.einsum("bkm,bka->ma", shift, q)
+
+        per_atom = (jnp.zeros(n, jnp.int32) if types is None else types,
+                    w[:, 0], w[:, 1], w[:, 2])
+        (g, gp, gb), inverse = pair_blocks(positions, per_atom, aux, space, self.cutoff, block,
+                                           params, raw=True)
+        g = g.reshape(-1, 3)[:n]
+        g = g if inverse is None else g[inverse]
+        gb = jnp.sum(gb, 0)
+        if space.kind == "periodic":  # orthorhombic: only the box lengths enter
+            gb = jnp.diag(jnp.diagonal(gb))
+        return g, jax.tree_util.tree_map(lambda x: jnp.sum(x, 0), gp), gb
 
     def energy_virial(self, positions: Array, params, aux=None, box=None) -> tuple[Array, Array]:
         """Energy (kJ/mol) and virial tensor W = sum over pairs r_ij (x) f_ij (3, 3) kJ/mol in one
@@ -440,6 +495,31 @@ def _instantiate(tangents, primals):
     return jax.tree_util.tree_map(
         lambda t, p: jnp.zeros_like(p) if _symbolic_zero(t) else t, tangents, primals,
         is_leaf=_symbolic_zero)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _pair_forces(pot: PairPotential, positions, params, aux, space):
+    """Pair forces whose reverse-mode derivative is one hand-written pass over the pairs
+    (positions, params and box; see :meth:`PairPotential._forces_vjp`). Forward mode (jvp)
+    through it is not defined: differentiate the energy for that."""
+    return pot._forces_plain(positions, params, aux, space)
+
+
+def _pair_forces_fwd(pot, positions, params, aux, space):
+    return pot._forces_plain(positions, params, aux, space), (positions, params, aux, space)
+
+
+def _pair_forces_bwd(pot, res, w):
+    positions, params, aux, space = res
+    g, gp, gb = pot._forces_vjp(positions, params, aux, space, w)
+    gs = dataclasses.replace(jax.tree_util.tree_map(jnp.zeros_like, space), box=gb)
+    g_aux = jax.tree_util.tree_map(
+        lambda x: np.zeros(x.shape, jax.dtypes.float0)
+        if not jnp.issubdtype(x.dtype, jnp.inexact) else jnp.zeros_like(x), aux)
+    return g, gp, g_aux, gs
+
+
+_pair_forces.defvjp(_pair_forces_fwd, _pair_forces_bwd)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))

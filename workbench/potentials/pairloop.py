@@ -49,8 +49,10 @@ def as_list(aux):
 
 
 def pair_blocks(positions: Array, per_atom: Any, aux, space: Space, cutoff: float,
-                per_block: Callable[..., Any], shared: Any = None):
+                per_block: Callable[..., Any], shared: Any = None, *, raw: bool = False):
     """Run ``per_block(dx, dy, dz, r2, atom_i, atom_j, shared) -> pytree`` over blocks of atoms.
+    With ``raw``, ``per_block`` also gets ``(rx, ry, rz)``, the differences before the minimum
+    image (x_i - x_j as stored), as a last argument.
 
     positions: (N, 3) nm; per_atom: pytree of (N, ...) arrays (types, charges, ...) or None;
     aux: neighbor list or None (all pairs); shared: pytree passed to every block unchanged
@@ -80,11 +82,14 @@ def pair_blocks(positions: Array, per_atom: Any, aux, space: Space, cutoff: floa
         xi = jax.lax.dynamic_slice_in_dim(xs, start, b)[:, None]
         yi = jax.lax.dynamic_slice_in_dim(ys, start, b)[:, None]
         zi = jax.lax.dynamic_slice_in_dim(zs, start, b)[:, None]
-        dx, dy, dz = space.displacement_components(xi - xs[nbr], yi - ys[nbr], zi - zs[nbr])
+        rx, ry, rz = xi - xs[nbr], yi - ys[nbr], zi - zs[nbr]
+        dx, dy, dz = space.displacement_components(rx, ry, rz)
         r2 = jnp.where(nbr < n, dx * dx + dy * dy + dz * dz, jnp.asarray(far2, xs.dtype))
         atom_i = jax.tree_util.tree_map(
             lambda a: jax.lax.dynamic_slice_in_dim(a, start, b)[:, None], atoms)
         atom_j = jax.tree_util.tree_map(lambda a: a[nbr], atoms)
+        if raw:
+            return per_block(dx, dy, dz, r2, atom_i, atom_j, shared, (rx, ry, rz))
         return per_block(dx, dy, dz, r2, atom_i, atom_j, shared)
 
     starts = jnp.arange(0, rows, b, dtype=jnp.int32)
