@@ -76,6 +76,22 @@ def metadynamics_run(system, cvs, kT, ns: float, walkers: int, seed: int):
     return axes, f_hills - f_hills.min(), f_rw
 
 
+def window_starts(system, centers) -> np.ndarray:
+    """(W, N, 3) starting positions built at each window's (phi, psi) from internal coordinates
+    (all peptide bonds trans). Dragging one structure into every window flipped peptide bonds
+    to cis on the way (seen at alphaL), which no window then undid."""
+    from workbench.forcefield.builder import alanine_dipeptide
+
+    names = [a.name for a in system.topology.atoms()]
+    out = []
+    for phi, psi in np.degrees(centers):
+        top, pos = alanine_dipeptide(phi=float(phi), psi=float(psi))
+        if [a.name for a in top.atoms()] != names:
+            raise RuntimeError("the builder's atom order differs from the data file's")
+        out.append(np.asarray(pos))
+    return np.stack(out)
+
+
 def umbrella_run(system, cvs, kT, ps: float, per_axis: int, k: float, seed: int):
     import jax
 
@@ -87,8 +103,9 @@ def umbrella_run(system, cvs, kT, ps: float, per_axis: int, k: float, seed: int)
     centers = np.stack([gx.ravel(), gy.ravel()], -1)
     sampler = us.umbrella(system.potential, cvs, centers, k, constraints=system.constraints())
     settings = sampler.inner.settings(dt=0.002, kT=kT, gamma=1.0)
-    states = sampler.init_windows(jax.random.PRNGKey(seed), system.positions, system.params,
-                                  settings, masses=system.masses)
+    starts = window_starts(system, centers)
+    states = sampler.init_windows(jax.random.PRNGKey(seed), starts, system.params, settings,
+                                  masses=system.masses)
     stride = 250
 
     def run(states, n):
@@ -117,8 +134,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--metad-ns", type=float, default=2.0, help="ns per walker")
     ap.add_argument("--walkers", type=int, default=8)
     ap.add_argument("--umbrella-ps", type=float, default=100.0, help="ps per window")
-    ap.add_argument("--windows-per-axis", type=int, default=18)
-    ap.add_argument("--k", type=float, default=100.0, help="umbrella kJ/mol/rad^2")
+    ap.add_argument("--windows-per-axis", type=int, default=12)
+    ap.add_argument("--k", type=float, default=60.0, help="umbrella kJ/mol/rad^2")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)

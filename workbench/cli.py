@@ -5,6 +5,7 @@
     workbench bench panels [ARGS ...]     live-panel benchmark (workbench.bench.panels)
     workbench bench peptide [ARGS ...]    alanine dipeptide (PME, OBC2) against OpenMM-CPU
     workbench bench sampling [ARGS ...]   metadynamics overhead, MBAR vs pymbar, replica exchange
+    workbench bench grad [ARGS ...]       trajectory gradients: checkpointed, plain, reversible
     workbench compare-openmm PDB --forcefield XML [XML ...] [--nonbonded PME] [--cutoff NM]
                                           every force-field term against OpenMM Reference
     workbench --version

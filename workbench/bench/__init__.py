@@ -13,6 +13,7 @@ imported lazily (``pip install -e ".[bench]"``). See ``benchmarks/README.md``.
 __all__ = ["BENCHMARKS"]
 
 BENCHMARKS = {
+    "grad": "gradients through 1,000 LJ Langevin steps: checkpointed, plain and reversible",
     "lj": "Lennard-Jones fluid (LAMMPS in.lj): atom-steps/s, compile and cold-start times",
     "panels": "live panels: chunk latency and frame rate (workbench.bench.panels)",
     "peptide": "alanine dipeptide in water (PME) and in OBC2 against OpenMM-CPU: ns/day",

@@ -1,0 +1,167 @@
+"""``workbench bench grad``: gradients through trajectories, memory and time.
+
+d(final potential energy)/d(epsilon) through 1,000 Langevin steps (dt 0.005, kT 1.44,
+friction 1) of 500 Lennard-Jones atoms (density 0.8442, cutoff 2.5, skin 0.3), in float32 and
+float64, for:
+
+* ``forward``: the trajectory alone (jitted scan), the time unit of the ratios;
+* ``plain``: reverse mode through a plain ``lax.scan`` of the same steps, the reference (what
+  jax-md's examples do with ``jax.grad`` over ``lax.fori_loop``/``scan``; jax-md itself does
+  not install next to this JAX version, see benchmarks/RESULTS.md);
+* ``checkpoint``: :func:`workbench.gradients.trajectory.trajectory` with ``checkpoint="sqrt"``
+  (targets: at most 1 GB and 3x the forward time);
+* ``reversible`` (float64): the constant-memory exactly reversible velocity Verlet, NVE, with
+  its own NVE forward run as the unit.
+
+Memory is XLA's compiled footprint (temporaries + arguments + outputs, from
+``memory_analysis()``), the peak the program can reach. Each precision runs in its own process
+(JAX's 64-bit switch is global).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+__all__ = ["main", "measure"]
+
+
+def _footprint(compiled) -> int:
+    m = compiled.memory_analysis()
+    return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
+
+
+def _timed(fn, *args, repeats: int = 2) -> float:
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def measure(dtype: str, steps: int = 1000, atoms: int = 500) -> dict:
+    """The figures for one precision (this process's JAX precision must match ``dtype``)."""
+    import jax
+    import jax.numpy as jnp
+
+    import workbench as wb
+    from workbench.dynamics import integrators as integ
+    from workbench.gradients import trajectory as tj
+
+    system = wb.lj_fluid(n_atoms=atoms, density=0.8442, cutoff=2.5, skin=0.3)
+    pot = system.potential
+    obs = tj.final_potential_energy(pot)
+    out = {"dtype": dtype, "atoms": atoms, "steps": steps}
+
+    def loss(run, state, settings):
+        def f(eps):
+            p = dict(system.params, epsilon=system.params["epsilon"] * eps)
+            return run(state, p, settings)[1][-1]
+        return f
+
+    lang = integ.langevin(pot)
+    settings = lang.settings(dt=0.005, kT=1.44, gamma=1.0)
+    state = lang.init(jax.random.PRNGKey(0), system.positions, system.params, settings,
+                      masses=system.masses)
+    one = jnp.asarray(1.0, state.positions.dtype)
+    fwd = jax.jit(loss(tj.trajectory(lang, steps, observable=obs, every=steps,
+                                     checkpoint=None), state, settings))
+    t_fwd = _timed(fwd, one)
+    out["forward"] = {"seconds": t_fwd, "bytes": _footprint(fwd.lower(one).compile())}
+    for name, mode in (("plain", None), ("checkpoint", "sqrt")):
+        g = jax.jit(jax.value_and_grad(loss(tj.trajectory(
+            lang, steps, observable=obs, every=steps, checkpoint=mode), state, settings)))
+        t = _timed(g, one)
+        value, grad = g(one)
+        out[name] = {"seconds": t, "ratio_to_forward": t / t_fwd,
+                     "bytes": _footprint(g.lower(one).compile()), "gradient": float(grad)}
+    if dtype == "float64":
+        vv = integ.velocity_verlet(pot)
+        vs = vv.settings(dt=0.005)
+        v0 = jax.random.normal(jax.random.PRNGKey(1), system.positions.shape) * 1.2
+        s0 = vv.init(jax.random.PRNGKey(0), system.positions, system.params, vs,
+                     masses=system.masses, velocities=v0)
+        nve = jax.jit(loss(tj.trajectory(vv, steps, observable=obs, every=steps,
+                                         checkpoint=None), s0, vs))
+        t_nve = _timed(nve, one)
+        g = jax.jit(jax.value_and_grad(loss(tj.reversible_verlet(
+            pot, steps, observable=obs, every=steps), s0, vs)))
+        t = _timed(g, one)
+        ck = jax.jit(jax.grad(loss(tj.trajectory(vv, steps, observable=obs, every=steps),
+                                   s0, vs)))
+        out["reversible"] = {"seconds": t, "nve_forward_seconds": t_nve,
+                             "ratio_to_forward": t / t_nve,
+                             "bytes": _footprint(g.lower(one).compile()),
+                             "gradient": float(g(one)[1]),
+                             "checkpointed_gradient": float(ck(one))}
+    return out
+
+
+def _child(dtype: str, steps: int, atoms: int) -> dict:
+    env = dict(os.environ, JAX_ENABLE_X64="1" if dtype == "float64" else "0")
+    cmd = [sys.executable, "-m", "workbench.bench.grad", "--one", dtype, "--steps", str(steps),
+           "--atoms", str(atoms)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"bench grad ({dtype}) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _report(r: dict) -> None:
+    mb = 1e-6
+    print(f"{r['dtype']}: {r['atoms']} LJ atoms, {r['steps']} Langevin steps | forward "
+          f"{r['forward']['seconds']:.2f} s", flush=True)
+    for name in ("plain", "checkpoint"):
+        if name in r:
+            x = r[name]
+            mem = f"{x['bytes'] * mb:8.1f} MB" if "bytes" in x else "       -   "
+            print(f"  {name:12s} {x['seconds']:7.2f} s ({x['ratio_to_forward']:5.1f}x forward) "
+                  f"{mem}", flush=True)
+    if "reversible" in r:
+        x = r["reversible"]
+        print(f"  reversible   {x['seconds']:7.2f} s ({x['ratio_to_forward']:5.1f}x NVE forward) "
+              f"{x['bytes'] * mb:8.1f} MB | gradient {x['gradient']:.6g} vs checkpointed "
+              f"{x['checkpointed_gradient']:.6g}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``workbench bench grad [--steps N] [--atoms N] [--dtype float32 float64] [--json FILE]``."""
+    ap = argparse.ArgumentParser(prog="workbench bench grad", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--atoms", type=int, default=500)
+    ap.add_argument("--dtype", nargs="*", default=["float32", "float64"],
+                    choices=["float32", "float64"])
+    ap.add_argument("--one", choices=["float32", "float64"], help=argparse.SUPPRESS)
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = ap.parse_args(argv)
+    if args.one:  # child process: one precision, JSON on the last line
+        print(json.dumps(measure(args.one, args.steps, args.atoms)))
+        return 0
+    result = {"benchmark": "grad",
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+              "runs": []}
+    for dtype in args.dtype:
+        r = _child(dtype, args.steps, args.atoms)
+        _report(r)
+        result["runs"].append(r)
+        if "checkpoint" in r:
+            result[f"checkpoint_ratio_{dtype}"] = r["checkpoint"]["ratio_to_forward"]
+            result[f"checkpoint_bytes_{dtype}"] = r["checkpoint"]["bytes"]
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
