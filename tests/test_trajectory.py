@@ -227,3 +227,31 @@ def test_bad_trajectory_input_is_named(fluid):
         tj.trajectory(vv, 100, checkpoint="log")
     with pytest.raises(ValueError, match="fraction_bits"):
         tj.reversible_verlet(fluid.potential, 10, fraction_bits=60)
+
+
+def test_chaos_diagnostics_lyapunov_and_gradient_growth(fluid):
+    """The LJ liquid is chaotic (lambda of a few per tau) and the trajectory gradient's norm
+    grows at about that rate; a harmonic solid of independent particles is not (lambda ~ 0)."""
+    from workbench.gradients import chaos
+    from workbench.potentials.base import FunctionPotential
+
+    vv = integ.velocity_verlet(fluid.potential)
+    settings = vv.settings(dt=0.005)
+    state = _start(fluid, vv, settings, seed=4)
+    state = jax.jit(lambda s: jax.lax.fori_loop(0, 500, lambda i, c: vv.step(
+        c, fluid.params, settings, energy=False), s))(state)
+    lam = chaos.lyapunov(vv, state, fluid.params, settings, 1000, renorm_every=20)["lyapunov"]
+    growth = chaos.gradient_growth(vv, state, fluid.params, settings, [40, 80, 160])
+    print(f"lambda {lam:.2f} / tau; gradient growth {growth['growth_rate']:.2f} / tau; norms "
+          f"{growth['position_gradient_norm']}")
+    assert 1.0 < lam < 10.0
+    assert 0.5 * lam < growth["growth_rate"] < 1.5 * lam
+    assert np.all(np.diff(growth["position_gradient_norm"]) > 0)
+
+    springs = FunctionPotential(lambda r, p: 0.5 * p["k"] * jnp.sum(r * r))
+    hv = integ.velocity_verlet(springs)
+    s0 = hv.init(jax.random.PRNGKey(0), np.asarray(state.positions[:20]), {"k": 1.0}, settings,
+                 velocities=np.asarray(state.velocities[:20]))
+    lam0 = chaos.lyapunov(hv, s0, {"k": jnp.asarray(1.0)}, settings, 1000,
+                          renorm_every=20)["lyapunov"]
+    assert abs(lam0) < 0.1 * lam
