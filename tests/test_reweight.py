@@ -97,14 +97,14 @@ def test_lennard_jones_gradients_match_independent_runs(x64):
     def obs(r, p, aux, box):
         return jnp.stack([pot.energy(r, p, aux, box) / n, pressure(r, p, aux, box)])
 
-    frames = _lj_run(system, 1.0, 1, 20)
+    frames = _lj_run(system, 1.0, 1, 16)
     aux = pot.allocate(frames[0])
     est = rw.ensemble_gradient(obs, pot, params, rw.Samples.from_frames(frames), T, aux)
     g, g_err = est.gradient["epsilon"][:, 0], est.stderr["epsilon"][:, 0]
     means = {}
     for scale, seed in [(0.9, 2), (1.1, 3)]:
         p = dict(params, epsilon=params["epsilon"] * scale)
-        fr = _lj_run(system, scale, seed, 20)
+        fr = _lj_run(system, scale, seed, 16)
         o = np.asarray(jax.jit(jax.vmap(lambda r: obs(r, p, rw._fresh(pot, r, aux, None),
                                                       None)))(fr))
         means[scale] = [block_average(o[:, k]) for k in range(2)]

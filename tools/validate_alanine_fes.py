@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -76,20 +77,33 @@ def metadynamics_run(system, cvs, kT, ns: float, walkers: int, seed: int):
     return axes, f_hills - f_hills.min(), f_rw
 
 
-def window_starts(system, centers) -> np.ndarray:
-    """(W, N, 3) starting positions built at each window's (phi, psi) from internal coordinates
-    (all peptide bonds trans). Dragging one structure into every window flipped peptide bonds
-    to cis on the way (seen at alphaL), which no window then undid."""
-    from workbench.forcefield.builder import alanine_dipeptide
+def omegas(system):
+    """The two peptide-bond dihedrals (ACE-ALA and ALA-NME) as CVs."""
+    from workbench.sampling import cv
 
-    names = [a.name for a in system.topology.atoms()]
-    out = []
-    for phi, psi in np.degrees(centers):
-        top, pos = alanine_dipeptide(phi=float(phi), psi=float(psi))
-        if [a.name for a in top.atoms()] != names:
-            raise RuntimeError("the builder's atom order differs from the data file's")
-        out.append(np.asarray(pos))
-    return np.stack(out)
+    idx = {(a.residue.name, a.name): a.index for a in system.topology.atoms()}
+    return [cv.Dihedral(idx["ACE", "CH3"], idx["ACE", "C"], idx["ALA", "N"], idx["ALA", "CA"]),
+            cv.Dihedral(idx["ALA", "CA"], idx["ALA", "C"], idx["NME", "N"], idx["NME", "C"])]
+
+
+def pulled_starts(system, cvs, centers, k, kT, seed) -> np.ndarray:
+    """(W, N, 3): every window pulled from the data file's structure to its (phi, psi) over 40
+    ps, with both peptide bonds held trans by a second restraint. Pulled without it, some
+    windows (alphaL) flipped a peptide bond to cis on the way and never flipped back; built
+    structures at strained (phi, psi) overlapped atoms."""
+    import jax
+
+    from workbench.sampling import umbrella as us
+
+    full = np.concatenate([centers, np.full((len(centers), 2), np.pi)], axis=1)
+    kk = np.broadcast_to(np.array([k, k, 500.0, 500.0]), full.shape)
+    pull = us.umbrella(system.potential, list(cvs) + omegas(system), full, kk,
+                       constraints=system.constraints())
+    settings = pull.inner.settings(dt=0.002, kT=kT, gamma=1.0)
+    states = pull.init_windows(jax.random.PRNGKey(seed), system.positions, system.params,
+                               settings, masses=system.masses)
+    states, _, _ = pull.advance(states, system.params, settings, 80, 250)
+    return np.asarray(states.positions)
 
 
 def umbrella_run(system, cvs, kT, ps: float, per_axis: int, k: float, seed: int):
@@ -103,7 +117,7 @@ def umbrella_run(system, cvs, kT, ps: float, per_axis: int, k: float, seed: int)
     centers = np.stack([gx.ravel(), gy.ravel()], -1)
     sampler = us.umbrella(system.potential, cvs, centers, k, constraints=system.constraints())
     settings = sampler.inner.settings(dt=0.002, kT=kT, gamma=1.0)
-    starts = window_starts(system, centers)
+    starts = pulled_starts(system, cvs, centers, k, kT, seed + 100)
     states = sampler.init_windows(jax.random.PRNGKey(seed), starts, system.params, settings,
                                   masses=system.masses)
     stride = 250
@@ -124,9 +138,13 @@ def umbrella_run(system, cvs, kT, ps: float, per_axis: int, k: float, seed: int)
         samples.append(np.asarray(s))
         print(f"  umbrella: {(i + 1) * 25} ps per window", flush=True)
     s = np.concatenate(samples).transpose(1, 0, 2)  # (windows, samples, 2)
+    good = np.all(np.isfinite(s), axis=(1, 2))
+    if not good.all():
+        print(f"  dropping {int((~good).sum())} windows that blew up: "
+              f"{np.degrees(centers[~good]).round().tolist()}", flush=True)
     grid = bias.Grid.for_cvs(cvs, bins=72)
-    axes, f, _ = us.free_energy_mbar(s, centers, k, float(kT), grid)
-    return axes, f
+    axes, f, _ = us.free_energy_mbar(s[good], centers[good], k, float(kT), grid)
+    return axes, f, int((~good).sum())
 
 
 def main(argv=None) -> dict:
@@ -138,6 +156,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--k", type=float, default=60.0, help="umbrella kJ/mol/rad^2")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--metad-cache", default=None,
+                    help="npz file: reuse the metadynamics surfaces saved there, else save them")
     args = ap.parse_args(argv)
 
     from workbench import parallel
@@ -149,14 +169,22 @@ def main(argv=None) -> dict:
     system, cvs = dipeptide()
     kT = units.kT_from_kelvin(300.0)
     t0 = time.perf_counter()
-    m_axes, f_hills, f_rw = metadynamics_run(system, cvs, kT, args.metad_ns, args.walkers,
-                                             args.seed)
+    if args.metad_cache and os.path.exists(args.metad_cache):
+        z = np.load(args.metad_cache)
+        m_axes, f_hills, f_rw = [z["phi"], z["psi"]], z["hills"], z["reweighted"]
+    else:
+        m_axes, f_hills, f_rw = metadynamics_run(system, cvs, kT, args.metad_ns, args.walkers,
+                                                 args.seed)
+        if args.metad_cache:
+            np.savez(args.metad_cache, phi=m_axes[0], psi=m_axes[1], hills=f_hills,
+                     reweighted=f_rw)
     t_metad = time.perf_counter() - t0
     t0 = time.perf_counter()
-    u_axes, f_us = umbrella_run(system, cvs, kT, args.umbrella_ps, args.windows_per_axis,
-                                args.k, args.seed + 1)
+    u_axes, f_us, dropped = umbrella_run(system, cvs, kT, args.umbrella_ps,
+                                         args.windows_per_axis, args.k, args.seed + 1)
     t_us = time.perf_counter() - t0
     result = {"settings": vars(args), "seconds": {"metadynamics": t_metad, "umbrella": t_us},
+              "umbrella_windows_dropped": dropped,
               "basins_kJ_per_mol": {}}
     ref = basin_values(u_axes, f_us)
     rows = {"umbrella+MBAR": ref, "metad hills": basin_values(m_axes, f_hills),

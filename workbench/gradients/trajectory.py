@@ -84,6 +84,8 @@ def trajectory(integrator, n_steps: int, *, observable: Observable | None = None
             raise ValueError(f"horizon must be a multiple of every ({every}) that divides n_steps "
                              f"({n_steps}), got {horizon}")
     n_frames = n_steps // every
+    if checkpoint is not None:
+        segment_length(n_frames, checkpoint)  # validates it
     obs = observable if observable is not None else (lambda s, p: jnp.zeros(()))
 
     def frame(params, settings, checkpointed: bool):
