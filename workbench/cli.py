@@ -159,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     panels.set_defaults(handler=lambda args, extra: _run_bench_module("panels", extra))
     peptide = bsub.add_parser("peptide", add_help=False, help=BENCHMARKS["peptide"])
     peptide.set_defaults(handler=lambda args, extra: _run_bench_module("peptide", extra))
-    sampling = bsub.add_parser("sampling", add_help=False, help=BENCHMARKS["sampling"])
-    sampling.set_defaults(handler=lambda args, extra: _run_bench_module("sampling", extra))
+    for name in ("sampling", "grad"):
+        module_parser = bsub.add_parser(name, add_help=False, help=BENCHMARKS[name])
+        module_parser.set_defaults(handler=lambda args, extra, name=name:
+                                   _run_bench_module(name, extra))
 
     cmp = sub.add_parser(
         "compare-openmm", allow_abbrev=False,
@@ -200,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if extra and handler not in (_run_lab,) and getattr(args, "benchmark", None) not in (
-            "panels", "peptide", "sampling"):
+            "panels", "peptide", "sampling", "grad"):
         getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     return int(handler(args, extra) or 0)
 

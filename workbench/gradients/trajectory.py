@@ -8,11 +8,11 @@ with one of three memory strategies:
 
 * ``checkpoint=None``: a plain ``lax.scan``; reverse mode stores every step's intermediates
   (memory grows with the step count times the size of a force evaluation's temporaries).
-* ``checkpoint=k`` (or ``"sqrt"``, k ~ sqrt(number of frames)): a nested scan whose outer level
-  stores one state every k frames; each segment of frames is ``jax.checkpoint``-ed and
-  recomputed in the backward pass, and inside a frame the ``every`` steps run as checkpointed
-  segments of about sqrt(every) steps. Memory grows like the square root of the step count,
-  for about one extra forward pass of compute.
+* ``checkpoint="sqrt"`` (default): states are stored about every sqrt(n_steps) steps and the
+  steps between are recomputed once in the backward pass (``jax.checkpoint`` on segments: of
+  k frames when frames are short, of ~sqrt(every) steps inside each frame when they are long).
+  Memory grows like the square root of the step count, for one extra forward pass of compute.
+  ``checkpoint=k``: segments of k frames.
 * ``horizon=h``: truncated backpropagation. Gradients flow back at most h steps from each
   observable (the state's positions and velocities are ``stop_gradient``-ed every h steps);
   the parameters' direct effect inside each window is kept. A biased, bounded-variance
@@ -136,9 +136,16 @@ def trajectory(integrator, n_steps: int, *, observable: Observable | None = None
         elif checkpoint is None:
             state, out = jax.lax.scan(frame(params, settings, False), state, None,
                                       length=n_frames)
+        elif checkpoint == "sqrt" and every * every >= n_steps:
+            # few long frames: store each frame's state; inside a frame, checkpointed segments
+            # of ~sqrt(every) steps (one recomputation in all)
+            state, out = jax.lax.scan(frame(params, settings, True), state, None,
+                                      length=n_frames)
         else:
-            k = segment_length(n_frames, checkpoint)
-            body = frame(params, settings, True)
+            # many short frames: checkpointed segments of k frames, ~sqrt(n_steps) steps each
+            k = segment_length(n_frames, checkpoint if checkpoint != "sqrt" else
+                               max(int(round(math.sqrt(n_steps) / every)), 1))
+            body = frame(params, settings, False)
 
             @jax.checkpoint
             def segment(s, _):
