@@ -188,7 +188,7 @@ def test_compare_openmm_exit_codes(capsys):
 def test_bench_sampling_runs_and_writes_json(tmp_path):
     out = tmp_path / "sampling.json"
     proc = _workbench("bench", "sampling", "--steps", "50", "--rounds", "2", "--states", "6",
-                      "--samples", "600", "--json", str(out))
+                      "--samples", "600", "--skip", "solvated", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.read_text())
     assert np.isfinite(res["metadynamics_overhead"])
