@@ -35,7 +35,7 @@ Array = jax.Array
 
 __all__ = [
     "NeighborList", "allocate", "update", "rebuild", "grow", "grow_all", "neighbor_table",
-    "padded_rows", "BLOCK", "shared_rebuilds", "grow_batched",
+    "padded_rows", "BLOCK", "shared_rebuilds", "grow_batched", "rebuild_all",
 ]
 
 
@@ -468,6 +468,14 @@ def neighbor_table(nbrs: NeighborList) -> np.ndarray:
 
 def _is_list(x) -> bool:
     return isinstance(x, NeighborList)
+
+
+def rebuild_all(space: Space, positions: Array, aux):
+    """``aux`` (any pytree) with every neighbor list rebuilt at ``positions`` unconditionally
+    (jit-able): unrelated configurations such as trajectory frames, or forces that must be a
+    function of the positions alone. Other leaves pass through."""
+    return jax.tree_util.tree_map(
+        lambda a: rebuild(space, positions, a) if _is_list(a) else a, aux, is_leaf=_is_list)
 
 
 def grow_batched(aux, positions, factor: float = 1.25):

@@ -17,7 +17,7 @@ import jax
 
 from . import parallel
 
-__all__ = ["jit", "CPU_OPTIONS"]
+__all__ = ["jit", "CPU_OPTIONS", "zero_cotangents"]
 
 CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
@@ -80,3 +80,14 @@ class _Jitted:
 
     def lower(self, *args, **kwargs):
         return self._top.lower(*args, **kwargs)
+
+
+def zero_cotangents(tree):
+    """Zero cotangents for a pytree, as a ``custom_vjp`` backward rule returns them for inputs
+    it does not differentiate: float0 for integer leaves (neighbor tables), zeros otherwise."""
+    import numpy as np
+    import jax.numpy as jnp
+
+    return jax.tree_util.tree_map(
+        lambda x: np.zeros(jnp.shape(x), jax.dtypes.float0)
+        if not jnp.issubdtype(jnp.result_type(x), jnp.inexact) else jnp.zeros_like(x), tree)

@@ -22,17 +22,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .. import xla
+
 Array = jax.Array
 
 __all__ = ["minimizer"]
-
-
-def _float0_like(tree):
-    import numpy as np
-
-    return jax.tree_util.tree_map(
-        lambda x: np.zeros(jnp.shape(x), jax.dtypes.float0)
-        if not jnp.issubdtype(jnp.result_type(x), jnp.inexact) else jnp.zeros_like(x), tree)
 
 
 def _lbfgs(potential, ftol, max_steps, memory):
@@ -127,7 +121,7 @@ def minimizer(potential, *, method: str = "lbfgs", ftol: float = 1e-6, max_steps
         lam, _ = jax.scipy.sparse.linalg.cg(hvp, project(gx), tol=cg_tol, maxiter=cg_maxiter)
         _, vjp_p = jax.vjp(lambda p: potential.forces_only(x, p, aux, box), params)
         (gp,) = vjp_p(lam)
-        return jnp.zeros_like(x0), gp, _float0_like(aux), \
+        return jnp.zeros_like(x0), gp, xla.zero_cotangents(aux), \
             None if box is None else jnp.zeros_like(box)
 
     core.defvjp(core_fwd, core_bwd)

@@ -108,12 +108,8 @@ class Reweighted:
 
 
 def _fresh(potential, positions, aux, box):
-    """``aux`` with every neighbor list rebuilt at ``positions`` (no staleness test: frames are
-    unrelated configurations)."""
-    space = potential.box_space(box)
-    return jax.tree_util.tree_map(
-        lambda a: nl.rebuild(space, positions, a) if isinstance(a, nl.NeighborList) else a,
-        aux, is_leaf=lambda x: isinstance(x, nl.NeighborList))
+    """``aux`` with every list rebuilt at ``positions`` (frames are unrelated configurations)."""
+    return nl.rebuild_all(potential.box_space(box), positions, aux)
 
 
 def frame_values(observable: Observable, potential, params, samples: Samples, aux=None,
@@ -129,14 +125,11 @@ def frame_values(observable: Observable, potential, params, samples: Samples, au
         u = potential.energy(r, params, a, box)
         return u, observable(r, params, a, box), overflowed(a)
 
-    boxes = samples.box
-    xs = (samples.positions, boxes)
-    if boxes is None:
-        def one_nobox(r):
-            return one((r, None))
-        u, o, ovf = jax.lax.map(one_nobox, samples.positions, batch_size=batch_size)
+    if samples.box is None:
+        u, o, ovf = jax.lax.map(lambda r: one((r, None)), samples.positions,
+                                batch_size=batch_size)
     else:
-        u, o, ovf = jax.lax.map(one, xs, batch_size=batch_size)
+        u, o, ovf = jax.lax.map(one, (samples.positions, samples.box), batch_size=batch_size)
     return u, o, jnp.any(ovf)
 
 

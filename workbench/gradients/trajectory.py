@@ -30,6 +30,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from .. import xla
+
 Array = jax.Array
 
 __all__ = ["trajectory", "reversible_verlet", "final_potential_energy", "segment_length"]
@@ -160,24 +162,12 @@ def trajectory(integrator, n_steps: int, *, observable: Observable | None = None
 
 # --- constant memory: exactly reversible velocity Verlet --------------------------------------
 
-def _zero_cotangent(tree):
-    """Zero cotangents for a pytree: float0 for integer leaves."""
-    import numpy as np
-
-    return jax.tree_util.tree_map(
-        lambda x: np.zeros(jnp.shape(x), jax.dtypes.float0)
-        if not jnp.issubdtype(jnp.result_type(x), jnp.inexact) else jnp.zeros_like(x), tree)
-
-
 def _fresh_aux(potential, positions, aux, box):
     """``aux`` with every neighbor list rebuilt at ``positions``: a function of the positions
     alone, so forces recomputed in the backward pass are bit-identical to the forward ones."""
     from .. import neighbors as nl
 
-    space = potential.box_space(box)
-    return jax.tree_util.tree_map(
-        lambda a: nl.rebuild(space, positions, a) if isinstance(a, nl.NeighborList) else a,
-        aux, is_leaf=lambda x: isinstance(x, nl.NeighborList))
+    return nl.rebuild_all(potential.box_space(box), positions, aux)
 
 
 def reversible_verlet(potential, n_steps: int, *, observable: Observable | None = None,
@@ -293,7 +283,7 @@ def reversible_verlet(potential, n_steps: int, *, observable: Observable | None 
         c = (X, V, gx, gv, zeros_p, jnp.zeros_like(dt))
         c = jax.lax.fori_loop(0, n_frames, lambda i, c: frame(n_frames - 1 - i, c), c)
         _, _, lx, lv, lp, ldt = c
-        return lx, lv, lp, ldt, _zero_cotangent(template)
+        return lx, lv, lp, ldt, xla.zero_cotangents(template)
 
     core.defvjp(core_fwd, core_bwd)
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import neighbors as nl
+from .. import xla
 from ..space import Space
 from .base import EnergyTerm, Evaluation, NeighborSpec
 from .pairloop import as_list, energy_and_forces, pair_blocks, row_forces
@@ -513,10 +514,7 @@ def _pair_forces_bwd(pot, res, w):
     positions, params, aux, space = res
     g, gp, gb = pot._forces_vjp(positions, params, aux, space, w)
     gs = dataclasses.replace(jax.tree_util.tree_map(jnp.zeros_like, space), box=gb)
-    g_aux = jax.tree_util.tree_map(
-        lambda x: np.zeros(x.shape, jax.dtypes.float0)
-        if not jnp.issubdtype(x.dtype, jnp.inexact) else jnp.zeros_like(x), aux)
-    return g, gp, g_aux, gs
+    return g, gp, xla.zero_cotangents(aux), gs
 
 
 _pair_forces.defvjp(_pair_forces_fwd, _pair_forces_bwd)
