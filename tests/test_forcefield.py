@@ -18,6 +18,7 @@ from openmm import app, unit
 
 from workbench.forcefield import openmm as wfo
 from workbench.forcefield.compare import compare, format_table
+from workbench.potentials.base import EnergyTerm
 
 DATA = os.path.join(os.path.dirname(app.__file__), "data")
 VILLIN = os.path.join(DATA, "test.pdb")
@@ -96,6 +97,12 @@ def test_water_box_periodic_methods_match_openmm(method):
     ev = jax.jit(nb.energy_forces)(r, p, aux)
     g = jax.jit(jax.grad(nb.energy))(r, p, aux)
     np.testing.assert_allclose(np.asarray(ev.forces), -np.asarray(g), rtol=1e-9, atol=1e-7)
+    # the hand-written pair virial equals the strain derivative of the energy by autodiff
+    e_fast, w_fast = jax.jit(nb.energy_virial)(r, p, aux)
+    e_auto, w_auto = jax.jit(lambda *a: EnergyTerm.energy_virial(nb, *a))(r, p, aux)
+    np.testing.assert_allclose(float(e_fast), float(e_auto), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(w_fast), np.asarray(w_auto), rtol=1e-9,
+                               atol=1e-9 * float(np.abs(w_auto).max()))
 
 
 def test_load_from_pdb_and_xml_keeps_types(tmp_path):

@@ -419,6 +419,26 @@ def _jacobian(r, s, coup):
 
 
 def _solve(a, b):
+    """Solve a x = b for batches of small K x K systems, a: (..., K, K), b: (..., K).
+
+    K <= 3 (single bonds, waters, CH3 and NH3 groups: every cluster of bonds to hydrogen) by
+    Cramer's rule, elementwise over the batch; larger clusters by LU. Batched LAPACK LU on
+    3 x 3 blocks went through column-major copies and a pivoting loop: measured 0.4 ms per
+    projection of 775 waters, most of a constrained water step's constraint cost."""
+    k = a.shape[-1]
+    if k == 1:
+        return b / a[..., 0]
+    if k == 2:
+        det = a[..., 0, 0] * a[..., 1, 1] - a[..., 0, 1] * a[..., 1, 0]
+        return jnp.stack([a[..., 1, 1] * b[..., 0] - a[..., 0, 1] * b[..., 1],
+                          a[..., 0, 0] * b[..., 1] - a[..., 1, 0] * b[..., 0]], -1) / det[..., None]
+    if k == 3:
+        c0 = jnp.cross(a[..., 1, :], a[..., 2, :])  # rows of the adjugate's transpose
+        c1 = jnp.cross(a[..., 2, :], a[..., 0, :])
+        c2 = jnp.cross(a[..., 0, :], a[..., 1, :])
+        det = jnp.sum(a[..., 0, :] * c0, -1)
+        x = c0 * b[..., 0:1] + c1 * b[..., 1:2] + c2 * b[..., 2:3]
+        return x / det[..., None]
     return jnp.linalg.solve(a, b[..., None])[..., 0]
 
 

@@ -49,7 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import space as spaces
-from ..potentials.pairloop import CutoffPairTerm, energy_and_forces, pair_blocks, row_forces
+from ..potentials.pairloop import (CutoffPairTerm, block_virial, energy_and_forces,
+                                   finish_virial, pair_blocks, row_forces)
 from ..space import Space
 from . import fftypes
 from .custom_common import (
@@ -279,7 +280,7 @@ class CustomNonbonded(CutoffPairTerm):
             e = e * _switch(t)
         return jnp.where(inside, e, jnp.zeros((), e.dtype))
 
-    def _pair_block(self, forces: bool):
+    def _pair_block(self, forces: bool, virial: bool = False):
         def per_block(dx, dy, dz, r2, ai, aj, shared):
             glob, tables, safe = shared
             vi, vj = ai["values"], aj["values"]
@@ -294,14 +295,21 @@ class CustomNonbonded(CutoffPairTerm):
                 e = self._pair_energy(r2, vi, vj, glob, tables, active, safe)
                 return e if weight is None else e * weight
 
-            if not forces:
+            if not (forces or virial):
                 return 0.5 * jnp.sum(u(r2))
             e, du = jax.jvp(u, (r2,), (jnp.ones_like(r2),))
+            if virial:
+                return 0.5 * jnp.sum(e), block_virial(-2.0 * du, dx, dy, dz)
             return 0.5 * jnp.sum(e), row_forces(-2.0 * du, dx, dy, dz)
 
         return per_block
 
-    def _pair_sum(self, positions, params, aux, space, forces: bool):
+    def _pair_virial(self, positions, params, aux, space, diagonal_only: bool):
+        return self._pair_sum(positions, params, aux, space, False, virial=True,
+                              diagonal_only=diagonal_only)
+
+    def _pair_sum(self, positions, params, aux, space, forces: bool, virial: bool = False,
+                  diagonal_only: bool = False):
         _, glob, tables = self.layout.split(params)
         values = self.particle_values(params)
         safe = {k: v[0] for k, v in values.items()}  # a real particle's values for masked slots
@@ -314,7 +322,9 @@ class CustomNonbonded(CutoffPairTerm):
         if self.method == "NoCutoff":
             aux = None  # every pair, whatever list other terms share
         out, inverse = pair_blocks(positions, atoms, aux, space, self.pair_cutoff,
-                                   self._pair_block(forces), (glob, tables, safe))
+                                   self._pair_block(forces, virial), (glob, tables, safe))
+        if virial:
+            return finish_virial(out, diagonal_only)
         return energy_and_forces(out, inverse, positions.shape[0], forces)
 
     # ------------------------------------------------------------------ the rest

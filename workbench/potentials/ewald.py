@@ -40,6 +40,7 @@ Units: nm, e, kJ/mol; ``alpha`` in 1/nm. Structural (static, recompile when chan
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -291,36 +292,79 @@ def _grid_frequencies(n: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _spread_charges(
-    fractional: Array, charges: Array, grid: tuple[int, int, int], order: int
-) -> Array:
-    """Charge grid Q (grid shape) from fractional coordinates (N, 3) by B-spline spreading.
+_SCATTER_WINDOWS = jax.lax.ScatterDimensionNumbers(
+    update_window_dims=(1, 2, 3), inserted_window_dims=(), scatter_dims_to_operand_dims=(0, 1, 2))
 
-    Q[a, b, c] = sum_i q_i Wx[i, a] Wy[i, b] Wz[i, c], with W the (N, n_d) dense matrices of
-    each atom's ``order`` B-spline weights along one axis (spread forward from floor(u), with
-    wrapping). Written as an outer product and one matrix product instead of a scatter-add of
-    N order^3 values, because XLA's CPU scatter (and the gather of its gradient) is slow:
-    measured 10 ms -> 2 ms for value and gradient at 2347 atoms on a 24^3 grid. Positions
-    outside the unit cell are wrapped.
-    """
+
+def _spline_setup(fractional: Array, grid: tuple[int, int, int], order: int):
+    """Each atom's B-spline window on the grid: the grid point of its first weight per axis
+    (N, 3) int32 in [0, n_d), and the weights and their derivatives with respect to the
+    scaled coordinate u = s n_d, (N, 3, order) each. Weight j goes to grid point
+    ``base + j`` (mod n_d): OpenMM spreads forward from floor(u). Positions outside the unit
+    cell are wrapped. dM_p(x)/dx = M_{p-1}(x) - M_{p-1}(x - 1)."""
     n = jnp.asarray(grid, dtype=fractional.dtype)
     u = (fractional - jnp.floor(fractional)) * n  # (N, 3) in [0, n]
     base = jnp.floor(u)
     dr = u - base
     base = jax.lax.stop_gradient(base).astype(jnp.int32)
-    weights = _bspline_weights(dr, order)  # order arrays (N, 3)
+    size = jnp.asarray(grid, jnp.int32)
+    base = jnp.where(base >= size, base - size, base)  # u rounded up to n: the same point as 0
+    w = _bspline_weights(dr, order)
+    v = _bspline_weights(dr, order - 1)
+    dw = [(v[j - 1] if j > 0 else 0.0) - (v[j] if j < order - 1 else 0.0) for j in range(order)]
+    return base, jnp.stack(w, -1), jnp.stack([d + jnp.zeros_like(dr) for d in dw], -1)
 
-    def dense(d):  # (N, n_d): weight j at grid point (base + j) mod n_d
-        shift = (jnp.arange(grid[d], dtype=jnp.int32)[None, :] - base[:, d:d + 1]) % grid[d]
-        out = jnp.zeros(shift.shape, fractional.dtype)
-        for j in range(order):
-            out = out + jnp.where(shift == j, weights[j][:, d:d + 1], 0.0)
-        return out
 
-    wx, wy, wz = dense(0), dense(1), dense(2)
+def _outer3(a: Array, b: Array, c: Array) -> Array:
+    """(N, p) x 3 -> (N, p, p, p): a[:, i] b[:, j] c[:, k]."""
+    return a[:, :, None, None] * b[:, None, :, None] * c[:, None, None, :]
+
+
+def _scatter_windows(base: Array, windows: Array, grid: tuple[int, int, int]) -> Array:
+    """Add each atom's (p, p, p) window at ``base`` into a periodic grid: one scatter of N
+    windows into a grid padded by p - 1, whose overhang is then folded back."""
+    p = windows.shape[-1]
+    padded = jnp.zeros(tuple(g + p - 1 for g in grid), windows.dtype)
+    padded = jax.lax.scatter_add(padded, base, windows, _SCATTER_WINDOWS,
+                                 mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
     nx, ny, nz = grid
-    xy = ((charges[:, None] * wx)[:, :, None] * wy[:, None, :]).reshape(-1, nx * ny)
-    return (xy.T @ wz).reshape(grid)
+    a = padded[:nx].at[: p - 1].add(padded[nx:])
+    b = a[:, :ny].at[:, : p - 1].add(a[:, ny:])
+    return b[:, :, :nz].at[:, :, : p - 1].add(b[:, :, nz:])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _spread_charges(
+    fractional: Array, charges: Array, grid: tuple[int, int, int], order: int
+) -> Array:
+    """Charge grid Q (grid shape) from fractional coordinates (N, 3) by B-spline spreading:
+    Q[a, b, c] = sum_i q_i Wx[i, a] Wy[i, b] Wz[i, c] over each atom's order^3 window.
+
+    One windowed scatter-add (N updates of order^3 values), with a hand-written JVP so that
+    reverse mode is its transpose: one windowed gather of the potential grid (the classic PME
+    force interpolation). Autodiff of the spreading itself made XLA reduce (N, p, p, p)
+    arrays along inner axes; measured at 2347 atoms on a 24^3 grid, value and gradient
+    4.5 ms (dense outer products, the previous form) -> 1.5 ms. Any order of derivatives
+    works (the rule is differentiable)."""
+    base, w, _ = _spline_setup(fractional, grid, order)
+    return _scatter_windows(base, charges[:, None, None, None] * _outer3(w[:, 0], w[:, 1], w[:, 2]),
+                            grid)
+
+
+@_spread_charges.defjvp
+def _spread_charges_jvp(grid, order, primals, tangents):
+    fractional, charges = primals
+    dfrac, dq = tangents
+    base, w, dw = _spline_setup(fractional, grid, order)
+    wx, wy, wz = w[:, 0], w[:, 1], w[:, 2]
+    w3 = _outer3(wx, wy, wz)
+    q = _scatter_windows(base, charges[:, None, None, None] * w3, grid)
+    du = charges[:, None] * jnp.asarray(grid, fractional.dtype) * dfrac  # q_i du_i (N, 3)
+    windows = (dq[:, None, None, None] * w3
+               + du[:, 0, None, None, None] * _outer3(dw[:, 0], wy, wz)
+               + du[:, 1, None, None, None] * _outer3(wx, dw[:, 1], wz)
+               + du[:, 2, None, None, None] * _outer3(wx, wy, dw[:, 2]))
+    return q, _scatter_windows(base, windows, grid)
 
 
 def _pme_influence(

@@ -39,7 +39,8 @@ import numpy as np
 
 from .. import units
 from ..space import Space
-from .pairloop import CutoffPairTerm, energy_and_forces, pair_blocks, row_forces
+from .pairloop import (CutoffPairTerm, block_virial, energy_and_forces, finish_virial,
+                       pair_blocks, row_forces)
 
 Array = jax.Array
 
@@ -226,15 +227,22 @@ class Nonbonded(CutoffPairTerm):
         pp = self.particle_params(params)
         return {"q": pp["charge"], "s": 0.5 * pp["sigma"], "e": sqrt0(pp["epsilon"])}
 
-    def _pair_block(self, forces: bool):
+    def _pair_block(self, forces: bool, virial: bool = False):
         def per_block(dx, dy, dz, r2, ai, aj, _):
             out = self._pair_terms(r2, ai["q"] * aj["q"], ai["s"] + aj["s"], ai["e"] * aj["e"],
-                                   dx.dtype, forces)
-            if not forces:
+                                   dx.dtype, forces or virial)
+            if not (forces or virial):
                 return 0.5 * jnp.sum(out)
             e, f_over_r = out
+            if virial:
+                return 0.5 * jnp.sum(e), block_virial(f_over_r, dx, dy, dz)
             return 0.5 * jnp.sum(e), row_forces(f_over_r, dx, dy, dz)
         return per_block
+
+    def _pair_virial(self, positions, params, aux, space, diagonal_only: bool):
+        out, _ = pair_blocks(positions, self._atoms(params), aux, space, self.pair_cutoff,
+                             self._pair_block(False, virial=True))
+        return finish_virial(out, diagonal_only)
 
     def _pair_sum(self, positions, params, aux, space, forces: bool):
         out, inverse = pair_blocks(positions, self._atoms(params), aux, space, self.pair_cutoff,

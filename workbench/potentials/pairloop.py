@@ -23,12 +23,12 @@ import numpy as np
 from .. import neighbors as nl
 from .. import parallel
 from ..space import Space
-from .base import EnergyTerm, Evaluation, NeighborSpec
+from .base import EnergyTerm, Evaluation, NeighborSpec, strain_virial
 
 Array = jax.Array
 
 __all__ = ["NO_CUTOFF", "CutoffPairTerm", "all_pairs_table", "as_list", "energy_and_forces",
-           "pair_blocks", "row_forces"]
+           "pair_blocks", "row_forces", "block_virial", "finish_virial"]
 
 
 def all_pairs_table(n: int) -> Array:
@@ -115,6 +115,31 @@ def row_forces(f: Array, dx: Array, dy: Array, dz: Array) -> Array:
     return jnp.stack([jnp.sum(f * dx, 1), jnp.sum(f * dy, 1), jnp.sum(f * dz, 1)], -1)
 
 
+def block_virial(f: Array, dx: Array, dy: Array, dz: Array) -> Array:
+    """A block's share (6,) of the pair virial W = sum_pairs f_ij r_ij (x) r_ij (xx, yy, zz,
+    xy, xz, yz; kJ/mol) from pair force magnitudes over distance ``f`` (B, K): half the sums
+    over a full list (which holds each pair in both rows)."""
+    return 0.5 * jnp.stack([jnp.sum(f * dx * dx), jnp.sum(f * dy * dy), jnp.sum(f * dz * dz),
+                            jnp.sum(f * dx * dy), jnp.sum(f * dx * dz), jnp.sum(f * dy * dz)])
+
+
+def finish_virial(out, diagonal_only: bool) -> tuple[Array, Array]:
+    """Total energy and virial tensor (3, 3) from per-block (energy, :func:`block_virial`)
+    outputs of :func:`pair_blocks`. ``diagonal_only``: zero the off-diagonal part, as
+    :func:`~workbench.potentials.base.strain_virial` does for orthorhombic boxes."""
+    e, w = out
+    w = jnp.sum(w, 0)
+    if diagonal_only:
+        return jnp.sum(e), jnp.diag(w[:3])
+    return jnp.sum(e), jnp.array([[w[0], w[3], w[4]], [w[3], w[1], w[5]], [w[4], w[5], w[2]]])
+
+
+CAPACITY_FACTOR = 1.1
+"""Neighbor-table headroom of force-field pair terms over the largest count at allocation.
+Molecular liquids are nearly incompressible, so their counts barely move (solvated alanine
+dipeptide, 6 ps at 300 K: largest count 748 at the start, at most 755 after); every slot costs
+a pair evaluation per step, and an overflow is recovered by the driver anyway."""
+
 NO_CUTOFF = 1.0e3
 """nm: the "cutoff" of OpenMM's NoCutoff method in the pair loop (it masks only padding)."""
 
@@ -128,7 +153,10 @@ class CutoffPairTerm(EnergyTerm):
     blocked loop, with hand-written forces) and ``_explicit_energy(positions, params, space)``
     (everything else: exclusions, exceptions, reciprocal sums, long-range corrections;
     differentiated by autodiff). NoCutoff runs over all pairs; cutoff methods read the shared
-    neighbor list."""
+    neighbor list. A subclass may define ``_pair_virial(positions, params, aux, space) ->
+    (energy, virial (3, 3))`` from the same hand-written pair forces (:func:`block_virial`);
+    without it the pair virial is the strain derivative by autodiff, which reverse-differentiates
+    the whole pair loop (measured 145 ms instead of 10 ms for 2347 atoms with PME)."""
 
     @property
     def pair_cutoff(self) -> float:
@@ -138,7 +166,7 @@ class CutoffPairTerm(EnergyTerm):
     def neighbor_spec(self) -> NeighborSpec | None:
         if self.method == "NoCutoff":
             return None
-        return NeighborSpec(float(self.cutoff), self.skin)
+        return NeighborSpec(float(self.cutoff), self.skin, capacity_factor=CAPACITY_FACTOR)
 
     def energy(self, positions, params, aux=None, box=None):
         space = self.box_space(box)
@@ -150,3 +178,15 @@ class CutoffPairTerm(EnergyTerm):
         e_pair, f_pair = self._pair_sum(positions, params, aux, space, True)
         e_rest, g = jax.value_and_grad(self._explicit_energy)(positions, params, space)
         return Evaluation(energy=e_pair + e_rest, forces=f_pair - g)
+
+    def energy_virial(self, positions, params, aux=None, box=None):
+        pair_virial = getattr(self, "_pair_virial", None)
+        if pair_virial is None:
+            return super().energy_virial(positions, params, aux, box)
+        space = self.box_space(box)
+        diagonal = self.space.kind == "periodic"
+        e_pair, w_pair = pair_virial(positions, params, aux, space, diagonal)
+        e_rest, w_rest = strain_virial(
+            lambda r, b: self._explicit_energy(r, params, self.box_space(b)), positions,
+            space.box, diagonal_only=diagonal)
+        return e_pair + e_rest, w_pair + w_rest
