@@ -97,7 +97,7 @@ class Samples:
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class Reweighted:
-    """value: the reweighted average (observable's shape); ess: () Kish effective sample size;
+    """value: the reweighted average (the observable's shape, or pytree); ess: () Kish effective sample size;
     log_w: (F,) normalised log weights; overflow: () bool, a frame's neighbor list overflowed
     (the result is then wrong: grow the template list, as :func:`ensemble_gradient` does)."""
 
@@ -139,7 +139,9 @@ def reweighted_average(observable: Observable, potential, params, samples: Sampl
     """<O> at ``params`` from ``samples`` drawn at ``ref_params`` (default: ``params`` itself,
     held by ``stop_gradient``, so the value is the plain weighted average and its gradient the
     fluctuation formula). kT: kJ/mol (scalar, numeric). aux: a neighbor-list template from
-    ``potential.allocate`` (capacity structural), or None. Pure: jit, grad, vmap."""
+    ``potential.allocate`` (capacity structural), or None. The observable may return any
+    pytree of arrays (several observables at once); the value has its structure. Pure: jit,
+    grad, vmap."""
     u, o, ovf = frame_values(observable, potential, params, samples, aux, batch_size=batch_size)
     if ref_params is None:
         u0 = jax.lax.stop_gradient(u)
@@ -151,7 +153,7 @@ def reweighted_average(observable: Observable, potential, params, samples: Sampl
     log_w = samples.log_weight - (u - u0) / kT
     log_w = log_w - jax.scipy.special.logsumexp(log_w)
     w = jnp.exp(log_w)
-    value = jnp.tensordot(w, o, axes=1)
+    value = jax.tree_util.tree_map(lambda x: jnp.tensordot(w, x, axes=1), o)
     ess = 1.0 / jnp.sum(w * w)
     return Reweighted(value=value, ess=jax.lax.stop_gradient(ess),
                       log_w=jax.lax.stop_gradient(log_w), overflow=ovf)

@@ -33,7 +33,8 @@ from .mbar import mbar
 
 Array = jax.Array
 
-__all__ = ["Umbrella", "umbrella", "bias_matrix", "free_energy_mbar", "wham", "WHAMResult"]
+__all__ = ["Umbrella", "umbrella", "bias_matrix", "unbiased_log_weights", "free_energy_mbar",
+           "wham", "WHAMResult"]
 
 FACTORIES = {"langevin": integ.langevin, "brownian": integ.brownian}
 
@@ -94,18 +95,33 @@ class Umbrella:
         ``stride`` steps, with neighbor-list overflow recovery for the whole batch
         (:func:`.batch.advance`). Compiled once per (n_samples, stride). Returns (states, CV
         samples (n_samples, W, d), regrowths)."""
-        key = (int(n_samples), int(stride))
+        states, (s, _), regrowths = self._advance(states, params, settings, n_samples, stride,
+                                                  bias_params, False)
+        return states, s, regrowths
+
+    def sample(self, states, params, settings, n_samples: int, stride: int, bias_params=None):
+        """As :meth:`advance`, also recording the frames: (states, CV samples (W, n_samples,
+        d), positions (W, n_samples, N, 3), regrowths), window-major, the layout of
+        :func:`unbiased_log_weights` and of reweighting frames from all windows
+        (``positions.reshape(-1, N, 3)``)."""
+        states, (s, r), regrowths = self._advance(states, params, settings, n_samples, stride,
+                                                  bias_params, True)
+        return states, jnp.swapaxes(s, 0, 1), jnp.swapaxes(r, 0, 1), regrowths
+
+    def _advance(self, states, params, settings, n_samples, stride, bias_params, frames: bool):
+        key = (int(n_samples), int(stride), bool(frames))
         if key not in self._compiled:
             def run(states, params, settings, bp):
                 def sample(c, _):
                     c = jax.lax.fori_loop(0, key[1], lambda i, s: self.step_windows(
                         s, params, settings, bp, energy=False), c)
-                    return c, self.cv_values(c)
+                    return c, (self.cv_values(c), c.positions if key[2] else None)
                 return jax.lax.scan(sample, states, None, length=key[0])
             self._compiled[key] = jax.jit(run)
         bp = self.window_params() if bias_params is None else bias_params
-        (states, s), regrowths = batch.advance(self._compiled[key], states, params, settings, bp)
-        return states, s, regrowths
+        (states, out), regrowths = batch.advance(self._compiled[key], states, params, settings,
+                                                 bp)
+        return states, out, regrowths
 
     def cv_values(self, states) -> Array:
         """(W, d) CV values of every window's state."""
@@ -143,6 +159,23 @@ def bias_matrix(s, centers, k, kT, periods: Sequence[float | None]) -> Array:
     return 0.5 * jnp.sum(jnp.asarray(k)[:, None, :] * d * d, -1) / kT
 
 
+def unbiased_log_weights(samples, centers, k, kT: float, periods: Sequence[float | None]):
+    """Log weights (K T,) of pooled window samples toward the unbiased ensemble, by MBAR:
+    sample n weighs 1 / sum_k N_k exp(f_k - u_kn) (u_kn: :func:`bias_matrix`). samples: window
+    CV values (K, T, d) or (K, T), in window order, as the frames they came from; centers, k:
+    the windows'; periods: one per CV. Returns (log weights (K T,) as a NumPy array,
+    MBARResult). These are the ``log_weight`` of :class:`workbench.gradients.reweight.Samples`
+    built from the same frames, for averages and free-energy gradients at the unbiased
+    state."""
+    s = np.asarray(samples, dtype=float)
+    s = s.reshape(s.shape[0], s.shape[1], -1)
+    n_win, n_per, d = s.shape
+    u = bias_matrix(s.reshape(-1, d), np.asarray(centers).reshape(n_win, d),
+                    np.broadcast_to(np.asarray(k, float), (n_win, d)), kT, tuple(periods))
+    result = mbar(u, jnp.full(n_win, float(n_per)))
+    return -np.asarray(result.log_d, float), result
+
+
 def _bin_index(grid: Grid, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flat grid-point index of each sample (N,), and whether it lies on the grid."""
     idx = []
@@ -166,16 +199,9 @@ def free_energy_mbar(samples, centers, k, kT: float, grid: Grid,
     unbiased state. Returns (grid axes, F, MBARResult)."""
     s = np.asarray(samples, dtype=float)
     s = s.reshape(s.shape[0], s.shape[1], -1)
-    n_win, n_per, d = s.shape
     periods = tuple(grid.periods) if periods is None else tuple(periods)
-    flat_s = s.reshape(-1, d)
-    u = bias_matrix(flat_s, np.asarray(centers).reshape(n_win, d),
-                    np.broadcast_to(np.asarray(k, float), (n_win, d)), kT, periods)
-    n_k = jnp.full(n_win, float(n_per))
-    result = mbar(u, n_k)
-    # the unbiased state (u = 0): weight of sample n is 1 / sum_k N_k exp(f_k - u_kn)
-    lw0 = -np.asarray(result.log_d, float)
-    flat, inside = _bin_index(grid, flat_s)
+    lw0, result = unbiased_log_weights(s, centers, k, kT, periods)
+    flat, inside = _bin_index(grid, s.reshape(-1, s.shape[-1]))
     p = np.bincount(flat[inside], weights=np.exp(lw0[inside] - lw0[inside].max()),
                     minlength=int(np.prod(grid.shape)))
     with np.errstate(divide="ignore"):

@@ -1,0 +1,167 @@
+"""Fitting (workbench.gradients.fit): recovery of known parameters from data made with them
+(force matching; a minimized structure; an RDF and a pressure by reweighting with re-sampling),
+and the loop's bookkeeping (bounds, regularization, checkpoints, resuming after an interrupt,
+the CSV log)."""
+
+import csv
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import workbench as wb
+from workbench import space
+from workbench.gradients import fit as ft
+from workbench.gradients import reweight as rw
+from workbench.potentials import PairPotential
+from workbench.simulate import Simulation
+
+
+def _lj(n=108, density=0.8):
+    return wb.lj_fluid(n_atoms=n, density=density, cutoff=2.2, skin=0.3, truncation="switch",
+                       r_switch=1.8)
+
+
+def _frames(system, params, n_frames, seed, kT=1.5, every=20):
+    sim = Simulation(system.potential, params, "langevin", dict(dt=0.005, kT=kT, gamma=1.0),
+                     system.positions, masses=system.masses, seed=seed, report_interval=every,
+                     frames_per_chunk=n_frames)
+    sim.advance()  # melt and equilibrate
+    return sim.advance().positions
+
+
+def _scaled(params, eps, sigma):
+    return dict(params, epsilon=params["epsilon"] * eps, sigma=params["sigma"] * sigma)
+
+
+def test_force_matching_recovers_lennard_jones_parameters(x64):
+    system = _lj()
+    pot, true = system.potential, system.params
+    frames = _frames(system, true, 6, 1)
+    aux = pot.allocate(frames[0])
+    ref = jax.vmap(lambda r: pot.energy_forces(r, true, rw._fresh(pot, r, aux, None)))(
+        jnp.asarray(frames))
+    loss = ft.force_matching(pot, frames, ref.energy, ref.forces, aux, energy_weight=0.01)
+    start = _scaled(true, 1.25, 0.96)
+    out = ft.fit(loss, start, steps=40, optimizer=optax.lbfgs(), progress=False)
+    print("recovered", out.best_params, "loss", out.history["loss"][0], "->", out.best_loss)
+    assert out.best_loss < 1e-6 * out.history["loss"][0]
+    np.testing.assert_allclose(np.asarray(out.best_params["epsilon"]),
+                               np.asarray(true["epsilon"]), rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(out.best_params["sigma"]),
+                               np.asarray(true["sigma"]), rtol=1e-4)
+    assert out.history["force_rmse"][-1] < 1e-3 * out.history["force_rmse"][0]
+
+
+def test_structure_fit_recovers_sigma(x64):
+    pot = PairPotential("lennard_jones", space.free(), cutoff=50.0, truncation="cut",
+                        neighbor_list=False)
+    x0 = np.random.default_rng(0).normal(size=(13, 3)) * 0.6
+    from workbench.gradients.implicit import minimizer
+
+    solve = minimizer(pot, ftol=1e-10, max_steps=50_000)
+    target, _ = solve(x0, pot.init_params(sigma=1.1, epsilon=1.0))
+    # minimizations start from the target: every sigma then ends in its (scaled) basin
+    loss = ft.structure_loss(pot, target, target, minimizer_options=dict(ftol=1e-10,
+                                                                         max_steps=50_000))
+    out = ft.fit(loss, pot.init_params(sigma=1.0, epsilon=1.0), steps=15,
+                 optimizer=optax.lbfgs(), bounds={"epsilon": (1.0, 1.0)}, progress=False)
+    assert float(out.best_params["sigma"][0]) == pytest.approx(1.1, rel=1e-4)
+    assert float(out.best_params["epsilon"][0]) == 1.0  # held by its bounds
+
+
+def _quadratic(p):
+    return jnp.sum((p["a"] - 3.0) ** 2) + (p["b"] - 1.0) ** 2, {"a0": p["a"][0]}
+
+
+def test_bounds_regularization_checkpoints_and_resume(tmp_path, x64):
+    start = {"a": jnp.zeros(2), "b": jnp.asarray(0.0)}
+    bounded = ft.fit(_quadratic, start, steps=300, learning_rate=0.1, progress=False,
+                     bounds={"a": (None, 2.0)})
+    np.testing.assert_allclose(np.asarray(bounded.params["a"]), 2.0)
+    # l2 toward the start: the minimum of (a - 3)^2 + w a^2 is 3 / (1 + w)
+    reg = ft.fit(_quadratic, start, steps=600, learning_rate=0.05, progress=False, l2=1.0)
+    np.testing.assert_allclose(np.asarray(reg.params["a"]), 1.5, atol=1e-3)
+    assert reg.history["l2"][-1] > 0
+    with pytest.raises(KeyError, match="unknown parameters.*'c'"):
+        ft.fit(_quadratic, start, steps=1, bounds={"c": (0, 1)}, progress=False)
+    # an interrupt after 5 steps, then a resumed run: the same path as an unbroken one
+    whole = ft.fit(_quadratic, start, steps=12, learning_rate=0.1, progress=False)
+    ck, log = str(tmp_path / "fit.npz"), str(tmp_path / "fit.csv")
+
+    def interrupt(step, params, loss, metrics):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    first = ft.fit(_quadratic, start, steps=12, learning_rate=0.1, checkpoint=ck, log=log,
+                   callback=interrupt, progress=False)
+    assert first.interrupted and first.steps == 5
+    second = ft.fit(_quadratic, start, steps=12, learning_rate=0.1, checkpoint=ck, log=log,
+                    progress=False)
+    assert not second.interrupted and second.steps == 12
+    for k in ("a", "b"):
+        np.testing.assert_allclose(np.asarray(second.params[k]), np.asarray(whole.params[k]),
+                                   rtol=1e-12)
+    assert second.history["loss"] == pytest.approx(whole.history["loss"], rel=1e-12)
+    with open(log) as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == list(range(12))
+    with pytest.raises(ValueError, match="another fit"):
+        ft.fit(lambda p: jnp.sum(p["z"] ** 2), {"z": jnp.zeros(3)}, steps=2, checkpoint=ck,
+               progress=False)
+
+
+def _pair_histogram(pot, edges):
+    """Per-frame pair-distance histogram normalized as g(r) (hard bins: reweighting needs no
+    derivative of the observable)."""
+    edges = np.asarray(edges)
+    shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+
+    def g(r, p, aux, box):
+        n = r.shape[0]
+        b = pot.default_box() if box is None else box
+        d = pot.space.with_box(b).displacement(r[:, None, :], r[None, :, :])
+        dist = jnp.sqrt(jnp.sum(d * d, -1) + jnp.eye(n))
+        idx = jnp.searchsorted(jnp.asarray(edges, r.dtype), dist, side="right") - 1
+        counts = jnp.sum(idx[..., None] == jnp.arange(len(edges) - 1), axis=(0, 1))
+        vol = jnp.abs(jnp.linalg.det(b))
+        return counts / (jnp.asarray(shell, r.dtype) * n * (n - 1) / vol)
+
+    return g
+
+
+@pytest.mark.slow
+def test_ensemble_fit_recovers_epsilon_and_sigma_from_rdf_and_pressure(x64):
+    """Target g(r) and pressure from MD at (epsilon, sigma) = (1, 1); the fit starts at (0.85,
+    1.05) and re-samples by MD whenever reweighting runs out of effective samples."""
+    system = _lj()
+    pot, true = system.potential, system.params
+    kT = 1.5
+    edges = np.linspace(0.8, 2.4, 33)
+    obs = {"g": _pair_histogram(pot, edges), "p": rw.virial_pressure(pot, kT)}
+    target_frames = _frames(system, true, 200, 7, kT)
+    aux = pot.allocate(target_frames[0])
+    tgt = rw.reweighted_average(lambda *a: {k: f(*a) for k, f in obs.items()}, pot, true,
+                                rw.Samples.from_frames(target_frames), kT, aux).value
+    g_t, p_t = tgt["g"], tgt["p"]
+
+    sim = Simulation(pot, _scaled(true, 0.85, 1.05), "langevin",
+                     dict(dt=0.005, kT=kT, gamma=1.0), system.positions, masses=system.masses,
+                     seed=11, report_interval=20, frames_per_chunk=50)
+    sim.advance()
+    sample = ft.simulation_sampler(sim, 150, equilibrate=1)
+
+    def loss(av, p):
+        return jnp.sum((av["g"] - g_t) ** 2) + 0.5 * (av["p"] - p_t) ** 2
+
+    objective = ft.EnsembleObjective(sample, obs, loss, pot, kT, aux, min_ess=0.6)
+    out = ft.fit(objective, _scaled(true, 0.85, 1.05), steps=80,
+                 optimizer=optax.adam(0.01), progress=False)
+    best = out.best_params
+    print("recovered", float(best["epsilon"][0]), float(best["sigma"][0]),
+          "resampled at", out.resampled)
+    assert len(out.resampled) > 2  # the ensemble moved: samples were redrawn on the way
+    assert float(best["sigma"][0]) == pytest.approx(1.0, rel=0.01)
+    assert float(best["epsilon"][0]) == pytest.approx(1.0, rel=0.05)
