@@ -36,7 +36,7 @@ from . import reweight as rw
 Array = jax.Array
 
 __all__ = ["FitResult", "fit", "EnsembleObjective", "force_matching", "structure_loss",
-           "simulation_sampler", "param_names"]
+           "simulation_sampler", "batch_sampler", "param_names"]
 
 
 @dataclass
@@ -90,6 +90,32 @@ def _bounds_arrays(params, bounds: Mapping[str, tuple] | None):
         if lo[-1] is not None and hi[-1] is not None and bool(jnp.any(lo[-1] > hi[-1])):
             raise ValueError(f"bounds[{name!r}]: lower bound above the upper one")
     return tree, lo, hi
+
+
+def _trainable_mask(params, trainable):
+    """0/1 mask pytree from names of leaves ("a.b") or of elements ("a.b[3]", a flat index into
+    the leaf), or None when everything trains."""
+    if trainable is None:
+        return None
+    names = param_names(params)
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    masks = [np.zeros(np.shape(x)) for x in leaves]
+    for item in trainable:
+        base, index = item, None
+        if item.endswith("]") and "[" in item:
+            base, rest = item[:-1].split("[", 1)
+            index = int(rest)
+        if base not in names:
+            raise KeyError(f"trainable {item!r} names no parameter; parameters are {names}")
+        m = masks[names.index(base)]
+        if index is None:
+            m[...] = 1.0
+        elif not 0 <= index < m.size:
+            raise IndexError(f"trainable {item!r}: {base} has {m.size} entries")
+        else:
+            m.reshape(-1)[index] = 1.0
+    return jax.tree_util.tree_unflatten(
+        tree, [jnp.asarray(m, jnp.asarray(x).dtype) for m, x in zip(masks, leaves)])
 
 
 def _project(params, tree, lo, hi):
@@ -175,7 +201,8 @@ def _scalars(metrics) -> dict[str, float]:
 
 
 def fit(objective, params, *, steps: int = 100, optimizer=None, learning_rate: float = 1e-2,
-        bounds: Mapping[str, tuple] | None = None, l2: float = 0.0, l2_center=None,
+        bounds: Mapping[str, tuple] | None = None, trainable=None, l2: float = 0.0,
+        l2_center=None,
         checkpoint: str | None = None, checkpoint_every: int = 10, resume: bool = True,
         progress: bool = True, log: str | None = None,
         callback: Callable[[int, Any, float, dict], bool | None] | None = None) -> FitResult:
@@ -184,7 +211,10 @@ def fit(objective, params, *, steps: int = 100, optimizer=None, learning_rate: f
     steps: optimizer steps in all (a resumed run continues up to it); optimizer: an optax
     GradientTransformation (default ``optax.adam(learning_rate)``; ``optax.lbfgs()`` gets the
     loss function for its line search: best for deterministic losses); bounds: {dotted name:
-    (lower, upper)}, either None, enforced by projection after every step; l2: weight of
+    (lower, upper)}, either None (or arrays of the leaf's shape), enforced by projection after
+    every step; trainable: names of the leaves ("NonbondedForce.epsilon") or single entries
+    ("PeriodicTorsionForce.k[4]", the names of ``find_types`` and the parameter panel) to fit,
+    the rest held (default: everything); l2: weight of
     sum (theta - l2_center)^2 added to a plain loss (l2_center defaults to the start);
     checkpoint: an .npz path written every ``checkpoint_every`` steps, at the end and on an
     interrupt, and read at the start when ``resume``; log: a CSV file, one row per step;
@@ -195,6 +225,7 @@ def fit(objective, params, *, steps: int = 100, optimizer=None, learning_rate: f
     opt = optimizer if optimizer is not None else optax.adam(learning_rate)
     tree, lo, hi = _bounds_arrays(params, bounds)
     params = _project(params, tree, lo, hi)
+    mask = _trainable_mask(params, trainable)
     if hasattr(objective, "value_and_grad"):
         if l2:
             raise ValueError("l2 regularization applies to plain loss functions; put it in the "
@@ -241,6 +272,8 @@ def fit(objective, params, *, steps: int = 100, optimizer=None, learning_rate: f
             if prepare is not None and prepare(params):
                 resampled.append(step)
             loss, metrics, grads = obj.value_and_grad(params)
+            if mask is not None:
+                grads = jax.tree_util.tree_map(jnp.multiply, grads, mask)
             loss = float(loss)
             if not np.isfinite(loss):
                 raise FloatingPointError(f"the loss is {loss} at step {step}; lower the "
@@ -364,6 +397,60 @@ def simulation_sampler(simulation, n_frames: int, *, equilibrate: int = 0) -> Ca
         r = np.concatenate(pos)[:n_frames]
         box = np.concatenate(boxes)[:n_frames] if simulation.potential.space.periodic else None
         return rw.Samples.from_frames(r, box=box)
+
+    return sample
+
+
+def batch_sampler(integrator, settings, positions, *, copies: int, n_frames: int, stride: int,
+                  masses=1.0, seed: int = 0, equilibrate: int = 0) -> Callable:
+    """``sample(params) -> Samples`` from ``copies`` independent trajectories of ``integrator``
+    run together on a leading batch axis (one compiled scan under ``vmap``), continuing from
+    where the last call stopped: ``equilibrate`` frames discarded, then ``n_frames // copies``
+    frames per copy, ``stride`` steps apart, copy after copy in the result. The copies share
+    one neighbor-list capacity; an overflow regrows it for all and recomputes the chunk
+    (:func:`workbench.sampling.batch.advance`). positions: (N, 3) nm (every copy starts there,
+    with its own velocities) or (copies, N, 3)."""
+    from ..sampling import batch
+
+    if copies < 1 or n_frames < copies:
+        raise ValueError(f"need copies >= 1 and n_frames >= copies, got {copies}, {n_frames}")
+    r = np.asarray(positions, dtype=float)
+    r = np.broadcast_to(r, (copies,) + r.shape) if r.ndim == 2 else r
+    if r.shape[0] != copies:
+        raise ValueError(f"positions must be (N, 3) or ({copies}, N, 3), got {r.shape}")
+    per = n_frames // copies
+    box = {"states": None}
+    compiled: dict = {}
+
+    def chunk(states, params, n):
+        if n not in compiled:
+            def run(states, params):
+                def frame(c, _):
+                    with nl.shared_rebuilds("copies"):
+                        c = jax.lax.fori_loop(0, stride, lambda i, x: jax.vmap(
+                            lambda st: integrator.step(st, params, settings, energy=False),
+                            axis_name="copies")(x), c)
+                    return c, (c.positions, c.box)
+                return jax.lax.scan(frame, states, None, length=n)
+            compiled[n] = jax.jit(run)
+        (states, out), _ = batch.advance(compiled[n], states, params)
+        return states, out
+
+    def sample(params):
+        if box["states"] is None:
+            keys = jax.random.split(jax.random.PRNGKey(seed), copies)
+            one = [integrator.init(k, x, params, settings, masses=masses)
+                   for k, x in zip(keys, r)]
+            box["states"] = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *one)
+        states = box["states"]
+        if equilibrate:
+            states, _ = chunk(states, params, int(equilibrate))
+        states, (pos, boxes) = chunk(states, params, per)
+        box["states"] = states
+        pos = np.swapaxes(np.asarray(pos), 0, 1).reshape((-1,) + r.shape[1:])
+        boxes = np.swapaxes(np.asarray(boxes), 0, 1).reshape(-1, 3, 3)
+        periodic = integrator.potential.space.periodic
+        return rw.Samples.from_frames(pos, box=boxes if periodic else None)
 
     return sample
 
