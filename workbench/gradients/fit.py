@@ -31,11 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import neighbors as nl
+from ..naming import leaf_names
 from . import reweight as rw
 
 Array = jax.Array
 
-__all__ = ["FitResult", "fit", "EnsembleObjective", "force_matching", "structure_loss",
+__all__ = ["FitResult", "fit", "as_objective", "EnsembleObjective", "force_matching", "structure_loss",
            "simulation_sampler", "batch_sampler", "param_names"]
 
 
@@ -57,17 +58,8 @@ class FitResult:
 
 
 def param_names(params) -> list[str]:
-    """Dotted path of every leaf of ``params``, in flattening order ("a.b" for params["a"]["b"];
-    list and tuple indices as numbers)."""
-    paths = jax.tree_util.tree_flatten_with_path(params)[0]
-
-    def part(k):
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                return str(getattr(k, attr))
-        return str(k)
-
-    return [".".join(part(k) for k in path) for path, _ in paths]
+    """Dotted name of every leaf of ``params`` (:mod:`workbench.naming`), in flattening order."""
+    return leaf_names(params)
 
 
 def _bounds_arrays(params, bounds: Mapping[str, tuple] | None):
@@ -159,6 +151,20 @@ class _Function:
         return (lambda p: self._total(p)[0]), ()
 
 
+def as_objective(objective, l2: float = 0.0, l2_center=None):
+    """``objective`` in the object form (``value_and_grad``, ``line_search``): objects that
+    already have ``value_and_grad`` are returned as they are; a loss function is jitted, with
+    ``l2`` (sum of squares toward ``l2_center``) added."""
+    if hasattr(objective, "value_and_grad"):
+        if l2:
+            raise ValueError("l2 regularization applies to plain loss functions; put it in the "
+                             "objective's loss for an ensemble objective")
+        return objective
+    if l2 and l2_center is None:
+        raise ValueError("l2 needs l2_center (fit uses the start parameters)")
+    return _Function(objective, float(l2), l2_center)
+
+
 def _flat(tree) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
@@ -226,13 +232,7 @@ def fit(objective, params, *, steps: int = 100, optimizer=None, learning_rate: f
     tree, lo, hi = _bounds_arrays(params, bounds)
     params = _project(params, tree, lo, hi)
     mask = _trainable_mask(params, trainable)
-    if hasattr(objective, "value_and_grad"):
-        if l2:
-            raise ValueError("l2 regularization applies to plain loss functions; put it in the "
-                             "objective's loss for an ensemble objective")
-        obj = objective
-    else:
-        obj = _Function(objective, float(l2), params if l2_center is None else l2_center)
+    obj = as_objective(objective, l2, params if l2_center is None else l2_center)
     opt_state = opt.init(params)
     if isinstance(opt, optax.GradientTransformationExtraArgs) and \
             hasattr(obj, "line_search"):  # L-BFGS and other line-search methods: the loss too

@@ -7,6 +7,8 @@ matplotlib). The only part of workbench that imports widget libraries; no physic
   settings (numeric: applied at the next chunk, no recompilation), compile count;
 * :class:`FreeEnergyPanel` - the free-energy surface of a metadynamics run growing live, the
   CV time series and (for replica exchange) the acceptance matrix;
+* :class:`GradientPanel` - d(loss)/d(parameter) following the sliders, the loss curve, and
+  step / run / stop of an optimizer (over a :class:`~workbench.session.gradients.GradientSession`);
 * :class:`Workbench` - simulation and parameter panels side by side, with any further panels
   of the same session; each also works alone.
 
@@ -14,10 +16,11 @@ Needs ``nglview==4.0`` in JupyterLab 4 (see docs on the 4.0.1 frontend mismatch)
 """
 
 from .free_energy import FreeEnergyPanel
+from .gradients import GradientPanel
 from .parameters import ParameterPanel, default_range
 from .runner import LiveUpdater, RunControls
 from .simulation import SimulationPanel, ThermoFigure
 from .workbench_view import Workbench
 
-__all__ = ["FreeEnergyPanel", "LiveUpdater", "ParameterPanel", "RunControls", "SimulationPanel", "ThermoFigure",
+__all__ = ["FreeEnergyPanel", "GradientPanel", "LiveUpdater", "ParameterPanel", "RunControls", "SimulationPanel", "ThermoFigure",
            "Workbench", "default_range"]

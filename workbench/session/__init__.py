@@ -17,7 +17,8 @@ Start, pause, resume, stop and reset act within one chunk. Every chunk leaves a
 :class:`ChunkRecord` saying which parameter values it used. No widget library is imported here.
 
 The package: :mod:`.core` (the :class:`Session` facade), :mod:`.runner` (the background thread),
-:mod:`.history` (frames, thermodynamics, records, export), :mod:`.params` (flat names, units).
+:mod:`.history` (frames, thermodynamics, records, export), :mod:`.params` (flat names, units),
+:mod:`.gradients` (live gradients and optimizer steps that follow the session's parameters).
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ import atexit
 
 from ..units import LABELS as UNITS
 from .core import EVENTS, SESSIONS, Session
+from .gradients import GradientResult, GradientSession
 from .history import ChunkRecord, FrameBatch
 from .params import ParamSpec
 
-__all__ = ["EVENTS", "UNITS", "ChunkRecord", "FrameBatch", "ParamSpec", "Session"]
+__all__ = ["EVENTS", "UNITS", "ChunkRecord", "FrameBatch", "GradientResult", "GradientSession",
+           "ParamSpec", "Session"]
 
 
 @atexit.register

@@ -179,6 +179,12 @@ class Session:
         return self.simulation.params
 
     @property
+    def next_params(self):
+        """The parameter pytree the next chunk will use: pending changes included."""
+        with self._lock:
+            return self._pending_params if self._pending_params is not None else self.params
+
+    @property
     def settings(self) -> dict[str, float]:
         """The integrator settings in use now, name -> float."""
         s = self.simulation.settings

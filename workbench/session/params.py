@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import units as wu
 from ..dynamics.integrators import SETTING_UNITS
+from ..naming import key_name
 
 __all__ = ["ParamSpec", "UNIT_SYSTEMS", "describe", "flat_values", "with_values", "unit_label",
            "base_name"]
@@ -56,20 +57,13 @@ def describe(params) -> list[Leaf]:
     out = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         arr = np.asarray(leaf)
-        base = ".".join(_key_name(k) for k in path) or "param"
+        base = ".".join(key_name(k) for k in path) or "param"
         if arr.size == 1:
             names = [base]
         else:
             names = [f"{base}[{','.join(map(str, ix))}]" for ix in np.ndindex(arr.shape)]
         out.append(Leaf(path, arr.shape, jnp.asarray(leaf).dtype, names))
     return out
-
-
-def _key_name(k) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
 
 
 def base_name(name: str) -> str:
