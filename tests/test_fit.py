@@ -15,6 +15,7 @@ import workbench as wb
 from workbench import space
 from workbench.gradients import fit as ft
 from workbench.gradients import reweight as rw
+from workbench.observables import pair_histogram
 from workbench.potentials import PairPotential
 from workbench.simulate import Simulation
 
@@ -113,25 +114,6 @@ def test_bounds_regularization_checkpoints_and_resume(tmp_path, x64):
                progress=False)
 
 
-def _pair_histogram(pot, edges):
-    """Per-frame pair-distance histogram normalized as g(r) (hard bins: reweighting needs no
-    derivative of the observable)."""
-    edges = np.asarray(edges)
-    shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
-
-    def g(r, p, aux, box):
-        n = r.shape[0]
-        b = pot.default_box() if box is None else box
-        d = pot.space.with_box(b).displacement(r[:, None, :], r[None, :, :])
-        dist = jnp.sqrt(jnp.sum(d * d, -1) + jnp.eye(n))
-        idx = jnp.searchsorted(jnp.asarray(edges, r.dtype), dist, side="right") - 1
-        counts = jnp.sum(idx[..., None] == jnp.arange(len(edges) - 1), axis=(0, 1))
-        vol = jnp.abs(jnp.linalg.det(b))
-        return counts / (jnp.asarray(shell, r.dtype) * n * (n - 1) / vol)
-
-    return g
-
-
 @pytest.mark.slow
 def test_ensemble_fit_recovers_epsilon_and_sigma_from_rdf_and_pressure(x64):
     """Target g(r) and pressure from MD at (epsilon, sigma) = (1, 1); the fit starts at (0.85,
@@ -140,7 +122,7 @@ def test_ensemble_fit_recovers_epsilon_and_sigma_from_rdf_and_pressure(x64):
     pot, true = system.potential, system.params
     kT = 1.5
     edges = np.linspace(0.8, 2.4, 33)
-    obs = {"g": _pair_histogram(pot, edges), "p": rw.virial_pressure(pot, kT)}
+    obs = {"g": pair_histogram(pot.space, edges), "p": rw.virial_pressure(pot, kT)}
     target_frames = _frames(system, true, 200, 7, kT)
     aux = pot.allocate(target_frames[0])
     tgt = rw.reweighted_average(lambda *a: {k: f(*a) for k, f in obs.items()}, pot, true,

@@ -252,3 +252,21 @@ def test_msd_rejects_bad_input():
         obs.mean_square_displacement(rng.normal(size=(5, 10, 3)), lags=[5])
     with pytest.raises(ValueError, match="lags"):
         obs.mean_square_displacement(rng.normal(size=(5, 10, 3)), lags=[-1])
+
+
+def test_pair_histogram_averages_to_the_rdf():
+    """The per-frame g(r) of pair_histogram, averaged over frames, is radial_distribution on
+    the same bins; bad edges and free space are refused."""
+    rng = np.random.default_rng(3)
+    box = 3.0
+    space = spaces.periodic(box)
+    frames = rng.uniform(0.0, box, size=(4, 120, 3))
+    edges = np.linspace(0.0, 1.4, 29)
+    g = jax.jit(obs.pair_histogram(space, edges))
+    mean = np.mean([np.asarray(g(jnp.asarray(f))) for f in frames], axis=0)
+    _, ref = obs.radial_distribution(space, frames, 1.4, 28)
+    np.testing.assert_allclose(mean, ref, rtol=1e-5)
+    with pytest.raises(ValueError, match="increasing"):
+        obs.pair_histogram(space, [1.0, 0.5])
+    with pytest.raises(ValueError, match="periodic"):
+        obs.pair_histogram(spaces.free(), edges)

@@ -24,6 +24,7 @@ __all__ = [
     "pressure_tensor",
     "pressure",
     "radial_distribution",
+    "pair_histogram",
     "rigid_groups",
     "group_pressure",
     "mean_square_displacement",
@@ -126,6 +127,34 @@ def radial_distribution(space: Space, frames, r_max: float, n_bins: int = 100,
     shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
     ideal = shell * (n - 1) / volume * n * frames.shape[0]
     return 0.5 * (edges[1:] + edges[:-1]), counts / ideal
+
+
+def pair_histogram(space: Space, edges):
+    """g(r) of one frame as a pure function: ``g(positions (N, 3), params=None, aux=None,
+    box=None) -> (bins,)``, the pair-distance histogram on ``edges`` (nm, static) normalized
+    by the ideal gas of the same density (one species). Hard bins: its average over frames is
+    the RDF, and reweighting (:mod:`workbench.gradients.reweight`) differentiates that average
+    without differentiating the histogram. All pairs (N^2 distances): for the few hundred atoms
+    of a fitting run; use :func:`radial_distribution` for long trajectories."""
+    edges = np.asarray(edges, dtype=float)
+    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
+        raise ValueError("edges must be an increasing 1-D array of at least two bin edges")
+    if not space.periodic:
+        raise ValueError("pair_histogram needs a periodic space (it normalizes by volume)")
+    shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+
+    def g(positions, params=None, aux=None, box=None):
+        n = positions.shape[0]
+        b = space.box if box is None else box
+        d = space.with_box(b).displacement(positions[:, None, :], positions[None, :, :])
+        dist = jnp.sqrt(jnp.sum(d * d, -1) + jnp.eye(n, dtype=positions.dtype))  # no sqrt(0)
+        idx = jnp.searchsorted(jnp.asarray(edges, positions.dtype), dist, side="right") - 1
+        idx = jnp.where(jnp.eye(n, dtype=bool), -1, idx)
+        counts = jnp.sum(idx[..., None] == jnp.arange(edges.size - 1), axis=(0, 1))
+        volume = jnp.abs(jnp.linalg.det(b))
+        return counts / (jnp.asarray(shell, positions.dtype) * n * (n - 1) / volume)
+
+    return g
 
 
 @functools.partial(jax.jit, static_argnames=("n_bins",))

@@ -9,6 +9,11 @@
    the view. Repeated at random (seeded) points within a chunk. Target: at most 200 ms at 1000
    atoms, which needs chunks well below that: ``--steps-per-chunk`` (structural) sets it.
 
+3. *Gradient latency*: notebook 06's default system (108 LJ atoms tuned to a target g(r) and
+   pressure by reweighting 150 frames): from a slider change until the gradient panel shows
+   d(loss)/d(parameter) at the new value. Small moves reweight the samples in hand; large ones
+   (``--gradient-jump``) first re-sample by MD. Target: about a second.
+
 The 1000-atom system is a simple cubic lattice of 10^3 atoms at density 0.8442 (LJ, cutoff
 2.5, skin 0.3, Langevin at kT = 1.44, dt = 0.005); ``--atoms`` takes any cube (n^3, simple
 cubic) or 4 n^3 (fcc). Figures are printed; ``--json FILE`` writes them too.
@@ -25,7 +30,7 @@ import time
 
 import numpy as np
 
-__all__ = ["lattice_system", "main"]
+__all__ = ["lattice_system", "main", "measure_gradient"]
 
 
 def lattice_system(n_atoms: int, density: float = 0.8442, cutoff: float = 2.5,
@@ -154,6 +159,96 @@ def measure_slider(session, view, trials: int, seed: int = 0) -> dict:
     }
 
 
+def _fit_objective(frames: int):
+    """Notebook 06's objective: LJ (108 atoms, rho* 0.8, T* 1.5, switched cutoff 2.2) against
+    the g(r) and pressure of epsilon = sigma = 1, by reweighting ``frames`` frames."""
+    import jax.numpy as jnp
+
+    from ..gradients import fit as ft
+    from ..gradients import reweight as rw
+    from ..observables import pair_histogram
+    from ..simulate import Simulation
+    from ..systems import lj_fluid
+
+    kT = 1.5
+    fluid = lj_fluid(n_atoms=108, density=0.8, cutoff=2.2, skin=0.3, truncation="switch",
+                     r_switch=1.8)
+    pot = fluid.potential
+    obs = {"g": pair_histogram(pot.space, np.linspace(0.8, 2.4, 33)),
+           "P": rw.virial_pressure(pot, kT)}
+
+    def sampler(params, seed):
+        sim = Simulation(pot, params, "langevin", dict(dt=0.005, kT=kT, gamma=1.0),
+                         fluid.positions, masses=fluid.masses, seed=seed, report_interval=20,
+                         frames_per_chunk=50)
+        sim.advance()
+        return ft.simulation_sampler(sim, frames, equilibrate=1)
+
+    true = {k: jnp.asarray([1.0], jnp.float32) for k in ("epsilon", "sigma")}
+    start = {"epsilon": jnp.asarray([0.85], jnp.float32), "sigma": jnp.asarray([1.05], jnp.float32)}
+    samples = sampler(true, 1)(true)
+    aux = pot.allocate(samples.positions[0])
+    target = rw.reweighted_average(lambda *a: {k: f(*a) for k, f in obs.items()}, pot, true,
+                                   samples, kT, aux).value
+
+    def loss(av, p):
+        return jnp.sum((av["g"] - target["g"]) ** 2) + 0.5 * (av["P"] - target["P"]) ** 2
+
+    objective = ft.EnsembleObjective(sampler(start, 2), obs, loss, pot, kT, aux, min_ess=0.6)
+    return fluid, start, objective
+
+
+def measure_gradient(trials: int, jump: float, seed: int = 0, frames: int = 150) -> dict:
+    """Slider-to-gradient latency on notebook 06's default system (see the module docstring):
+    epsilon moved by +-0.01 (reweighting only) and by +-``jump`` (re-sampling)."""
+    import dataclasses
+
+    from ..panels import GradientPanel, ParameterPanel
+    from ..session import GradientSession, Session
+
+    fluid, start, objective = _fit_objective(frames)
+    session = Session(dataclasses.replace(fluid, params=start), "langevin",
+                      dict(dt=0.005, kT=1.5, gamma=1.0), report_interval=20, frames_per_chunk=5,
+                      units="reduced", seed=seed)
+    grads = GradientSession(session, {"reweight": objective})
+    panel = GradientPanel(grads)
+    sliders = ParameterPanel(session, include=["epsilon", "sigma"])
+    out: dict = {"frames": frames}
+    try:
+        panel.refresh(timeout=600)  # the first gradient: sampling and compilation
+        session.start()
+        for label, step in (("reweight", 0.01), ("resample", jump)):
+            times, shown, resampled = [], [], []
+            for i in range(trials):
+                value = round(float(start["epsilon"][0]) + (step if i % 2 == 0 else 0.0), 4)
+                done = threading.Event()
+
+                def on_gradient(r, value=value, done=done):
+                    if abs(r.params["epsilon"] - value) < 1e-5:
+                        done.set()
+
+                off = grads.observe(on_gradient, "gradient")
+                before = panel.plot.value
+                t0 = time.perf_counter()
+                sliders.sliders["epsilon"].value = value
+                _wait(done.is_set, "the new gradient")
+                times.append(time.perf_counter() - t0)
+                off()
+                resampled.append(grads.last.resampled)
+                _wait(lambda b=before: panel.plot.value != b, "the redrawn chart")
+                shown.append(time.perf_counter() - t0)
+            out[f"{label}_slider_to_gradient_s_median"] = float(np.median(times))
+            out[f"{label}_slider_to_gradient_s_max"] = float(np.max(times))
+            out[f"{label}_slider_to_chart_s_median"] = float(np.median(shown))
+            out[f"{label}_resampled_fraction"] = float(np.mean(resampled))
+    finally:
+        session.stop()
+        grads.close()
+        panel.close()
+        sliders.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: ``workbench bench panels [--atoms N] [--steps-per-chunk K]
     [--trials T] [--json FILE]``."""
@@ -165,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="MD steps per compiled chunk (structural; default 5)")
     ap.add_argument("--trials", type=int, default=10, help="slider changes (default 10)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gradient-trials", type=int, default=6,
+                    help="slider changes per gradient case (default 6; 0 skips them)")
+    ap.add_argument("--gradient-jump", type=float, default=0.1,
+                    help="epsilon move that forces re-sampling (default 0.1)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args(argv)
 
@@ -176,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         session.stop()
         view.close()
     rate = session.steps_per_second
+    gradient = measure_gradient(args.gradient_trials, args.gradient_jump, args.seed) \
+        if args.gradient_trials > 0 else {}
     result = {
         "benchmark": "panels",
         "atoms": args.atoms,
@@ -185,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         "imports_and_jax_start_s": warm,
         **first,
         **slider,
-        "targets": {"time_to_first_frame_s": 5.0, "slider_to_frame_ms": 200.0},
+        "gradient": gradient,
+        "targets": {"time_to_first_frame_s": 5.0, "slider_to_frame_ms": 200.0,
+                    "slider_to_gradient_s": 1.0},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
     }
@@ -207,6 +310,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{slider['slider_to_view_ms_max']:.1f} ms max")
     print(f"  recompilations from slider changes       "
           f"{slider['recompiles_during_slider_changes']:8d}")
+    if gradient:
+        print("  gradient panel (notebook 06: 108 LJ atoms, 150 frames reweighted)")
+        for label, what in (("reweight", "small move, reweighting"),
+                            ("resample", f"move of {args.gradient_jump}, re-sampling")):
+            print(f"    slider -> gradient ({what:28s}) "
+                  f"{gradient[f'{label}_slider_to_gradient_s_median']:6.2f} s median, "
+                  f"{gradient[f'{label}_slider_to_gradient_s_max']:.2f} s max; chart "
+                  f"{gradient[f'{label}_slider_to_chart_s_median']:.2f} s "
+                  f"(re-sampled {100 * gradient[f'{label}_resampled_fraction']:.0f}%)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)

@@ -31,13 +31,17 @@ __all__ = ["lyapunov", "gradient_growth"]
 
 
 def lyapunov(integrator, state, params, settings, n_steps: int, *, renorm_every: int = 10,
-             eps: float = 1e-6, seed: int = 0) -> dict:
+             eps: float | None = None, seed: int = 0) -> dict:
     """Largest Lyapunov exponent (1/ps, or 1/tau in reduced units) of ``integrator`` from
     ``state``: dict with ``lyapunov``, ``log_growth`` (per renormalization) and ``times``.
     eps: displacement norm (nm) of the companion trajectory, in phase space (positions and
-    velocities together). Host side; the stepping is jitted."""
+    velocities together); default 1e-6 in float64 and 1e-3 in float32, where a smaller one
+    drowns in the rounding of the positions (each of 3N components must stay well above their
+    last bit, or the rounding noise is what grows). Host side; the stepping is jitted."""
     if n_steps < renorm_every or renorm_every < 1:
         raise ValueError(f"need n_steps >= renorm_every >= 1, got {n_steps}, {renorm_every}")
+    if eps is None:
+        eps = 1e-6 if state.positions.dtype == jnp.float64 else 1e-3
     key = jax.random.PRNGKey(seed)
     dx = jax.random.normal(key, state.positions.shape, state.positions.dtype)
     dv = jax.random.normal(jax.random.fold_in(key, 1), state.velocities.shape,

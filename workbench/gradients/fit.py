@@ -7,11 +7,12 @@ bounds, checkpoints, resumes after an interrupt, and shows progress.
   jitted once; new parameter values never recompile), e.g. :func:`force_matching` (energies and
   forces of reference frames) or :func:`structure_loss` (a minimized structure against a
   target, through the implicit minimizer); or
-* an object with ``value_and_grad(params) -> (loss, metrics, grads)`` and optionally
-  ``prepare(params) -> bool`` called before every step: :class:`EnsembleObjective`, a loss of
-  ensemble averages (an RDF, a pressure, a density, a free-energy difference) estimated by
-  reweighting samples and re-sampled at the current parameters when their effective sample
-  size drops (the DiffTRe scheme of Thaler and Zavadlav, Nat. Commun. 12, 6884 (2021)).
+* an object with ``value_and_grad(params) -> (loss, metrics, grads)`` (metrics["resampled"]
+  = 1 marks a step that drew new samples) and optionally ``prepare(params) -> bool`` called
+  before every step: :class:`EnsembleObjective`, a loss of ensemble averages (an RDF, a
+  pressure, a density, a free-energy difference) estimated by reweighting samples and
+  re-sampled at the current parameters when their effective sample size drops (the DiffTRe
+  scheme of Thaler and Zavadlav, Nat. Commun. 12, 6884 (2021)).
 
 Parameters are named by their dotted paths ("NonbondedForce.epsilon", or "epsilon" for a flat
 dict), the names ``param_units`` uses; ``bounds`` and the log use them. The loop is host side;
@@ -272,6 +273,8 @@ def fit(objective, params, *, steps: int = 100, optimizer=None, learning_rate: f
             if prepare is not None and prepare(params):
                 resampled.append(step)
             loss, metrics, grads = obj.value_and_grad(params)
+            if float(dict(metrics).get("resampled", 0.0)):
+                resampled.append(step)
             if mask is not None:
                 grads = jax.tree_util.tree_map(jnp.multiply, grads, mask)
             loss = float(loss)
@@ -352,27 +355,26 @@ class EnsembleObjective:
 
         self._vg = jax.jit(jax.value_and_grad(value, has_aux=True))
         self._value = value
-        self._ess = jax.jit(lambda p, ref, s, aux: rw.reweighted_average(
-            lambda *a: jnp.zeros(()), potential, p, s, kT, aux, ref_params=ref,
-            batch_size=batch_size).ess)
 
-    def prepare(self, params) -> bool:
-        """Host side, before each step: draw samples at ``params`` when there are none or their
-        effective sample size there is below ``min_ess``. Returns whether it sampled."""
-        if self.samples is not None:
-            ess = float(self._ess(params, self.reference, self.samples, self.aux))
-            if ess >= self.min_ess * self.samples.n_frames:
-                return False
+    def _resample(self, params) -> None:
         self.samples = self.sample_fn(params)
         self.reference = jax.tree_util.tree_map(jnp.asarray, params)
         self.aux = rw.fit_template(self.potential, self.samples, self.aux)
-        return True
 
     def value_and_grad(self, params):
-        if self.samples is None:
-            self.prepare(params)
+        """Loss, metrics and gradient at ``params`` from the samples in hand; when their
+        effective sample size there is below ``min_ess`` (or there are none yet), new samples
+        are drawn at ``params`` first (metrics["resampled"] = 1). One pass over the frames in
+        the common case: the ESS comes with the value."""
+        resampled = self.samples is None
+        if resampled:
+            self._resample(params)
         (value, metrics), grads = self._vg(params, self.reference, self.samples, self.aux)
-        return value, metrics, grads
+        if not resampled and float(metrics["ess_fraction"]) < self.min_ess:
+            self._resample(params)
+            resampled = True
+            (value, metrics), grads = self._vg(params, self.reference, self.samples, self.aux)
+        return value, dict(metrics, resampled=float(resampled)), grads
 
     def line_search(self):
         """(fn, args) with fn(params, *args) the scalar loss on the current samples."""

@@ -187,6 +187,7 @@ class GradientSession:
         prepare = getattr(obj, "prepare", None)
         resampled = bool(prepare(params)) if prepare is not None else False
         loss, metrics, grads = obj.value_and_grad(params)
+        resampled = resampled or bool(float(dict(metrics).get("resampled", 0.0)))
         grads = jax.block_until_ready(grads)
         flat = pn.flat_values(self._leaves, grads)
         result = GradientResult(
