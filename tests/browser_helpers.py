@@ -9,6 +9,7 @@ hanging forever; they are generous and never used as performance checks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -182,3 +183,49 @@ def text_of(page, selector: str) -> str:
     """Inner text of the first element matching ``selector`` ('' if none)."""
     loc = page.locator(selector)
     return loc.first.inner_text() if loc.count() else ""
+
+
+def browser_marks():
+    """The pytest marks of a browser test: ``browser``, skipped where Chromium is missing."""
+    import pytest
+
+    return [pytest.mark.browser,
+            pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                               reason=f"{CHROMIUM} not installed (apt-get install chromium)")]
+
+
+def js_image(css_class: str) -> str:
+    """JS returning a signature of the first loaded ``img.css_class`` (its src's length and
+    tail, so a redraw changes it), or null while there is none."""
+    return ("() => { const img = document.querySelector('img." + css_class + "'); "
+            "return img && img.complete && img.naturalWidth > 0 ? "
+            "img.src.length + ':' + img.src.slice(-64) : null; }")
+
+
+def run_all_cells(page, lab, notebook: str) -> None:
+    """Open ``notebook`` (a name under the server's root) and run every cell, waiting until all
+    have run and the kernel is idle."""
+    page.goto(lab.url(f"lab/tree/{notebook}"))
+    wait_until(lambda: page.evaluate(JS_KERNEL_STATUS) == "idle", "an idle kernel")
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    wait_until(lambda: page.evaluate(JS_ALL_CELLS_RAN)
+               and page.evaluate(JS_KERNEL_STATUS) == "idle", "all cells to run")
+
+
+@contextlib.contextmanager
+def lab_page(root: Path, log_path: Path, width: int = 1600, height: int = 1100):
+    """A JupyterLab server on ``root`` and a headless Chromium page: yields (lab, page,
+    page_errors), where page_errors collects the page's uncaught errors. Skips the test when
+    Playwright is not installed."""
+    import pytest
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    with LabServer(root, log_path) as lab, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            yield lab, page, errors
+        finally:
+            browser.close()

@@ -12,10 +12,11 @@ import pytest
 from browser_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
-    JS_ALL_CELLS_RAN,
-    JS_KERNEL_STATUS,
     LabServer,
+    browser_marks,
+    js_image,
     number_in,
+    run_all_cells,
     text_of,
     wait_until,
 )
@@ -24,17 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "04_metadynamics_alanine_dipeptide.ipynb"
 ARTIFACTS = ROOT / "test-artifacts"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"{CHROMIUM} not installed (apt-get install chromium)"),
-]
+pytestmark = browser_marks()
 
-JS_FES = """() => {
-  const img = document.querySelector('img.wb-free-energy');
-  return img && img.complete && img.naturalWidth > 0 ? img.src.length + ':' + img.src.slice(-64)
-                                                     : null;
-}"""
+JS_FES = js_image("wb-free-energy")
 
 
 def _small_copy(root: Path) -> Path:
@@ -65,11 +58,7 @@ def test_free_energy_panel_in_jupyterlab(tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1100})
             page.on("pageerror", lambda e: page_errors.append(str(e)))
-            page.goto(lab.url(f"lab/tree/{nb.name}"))
-            wait_until(lambda: page.evaluate(JS_KERNEL_STATUS) == "idle", "an idle kernel")
-            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-            wait_until(lambda: page.evaluate(JS_ALL_CELLS_RAN)
-                       and page.evaluate(JS_KERNEL_STATUS) == "idle", "all cells to run")
+            run_all_cells(page, lab, nb.name)
             # the map renders inside the composed view, next to the molecule
             first = wait_until(lambda: page.evaluate(JS_FES), "the free-energy image")
             view = page.locator(".wb-workbench").first

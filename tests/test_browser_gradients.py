@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from browser_helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    JS_ALL_CELLS_RAN,
-    JS_KERNEL_STATUS,
-    LabServer,
+    browser_marks,
+    js_image,
+    lab_page,
     number_in,
+    run_all_cells,
     text_of,
     wait_until,
 )
@@ -26,17 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "06_tune_lj_to_target.ipynb"
 ARTIFACTS = ROOT / "test-artifacts"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"{CHROMIUM} not installed (apt-get install chromium)"),
-]
+pytestmark = browser_marks()
 
-JS_PLOT = """() => {
-  const img = document.querySelector('img.wb-gradient-plot');
-  return img && img.complete && img.naturalWidth > 0 ? img.src.length + ':' + img.src.slice(-64)
-                                                     : null;
-}"""
+JS_PLOT = js_image("wb-gradient-plot")
 
 
 def _small_copy(root: Path) -> Path:
@@ -58,21 +48,13 @@ def _small_copy(root: Path) -> Path:
 
 
 def test_gradient_panel_in_jupyterlab(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     ARTIFACTS.mkdir(exist_ok=True)
     nb = _small_copy(tmp_path / "root")
-    page_errors: list[str] = []
-    with LabServer(nb.parent, ARTIFACTS / "browser-gradients-jupyterlab.log") as lab, \
-            sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1200})
-            page.on("pageerror", lambda e: page_errors.append(str(e)))
-            page.goto(lab.url(f"lab/tree/{nb.name}"))
-            wait_until(lambda: page.evaluate(JS_KERNEL_STATUS) == "idle", "an idle kernel")
-            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-            wait_until(lambda: page.evaluate(JS_ALL_CELLS_RAN)
-                       and page.evaluate(JS_KERNEL_STATUS) == "idle", "all cells to run")
+    errors: list[str] = []
+    try:
+        with lab_page(nb.parent, ARTIFACTS / "browser-gradients-jupyterlab.log",
+                      height=1200) as (lab, page, errors):
+            run_all_cells(page, lab, nb.name)
             view = page.locator(".wb-workbench").first
             first = wait_until(lambda: page.evaluate(JS_PLOT), "the gradient chart")
             assert view.locator("img.wb-gradient-plot").count() == 1
@@ -91,7 +73,6 @@ def test_gradient_panel_in_jupyterlab(tmp_path):
             view.scroll_into_view_if_needed()
             view.screenshot(path=str(ARTIFACTS / "browser-gradients.png"))
             page.locator(".wb-stop").first.click()
-            assert not page_errors, page_errors
-        finally:
-            (ARTIFACTS / "browser-gradients-page-errors.txt").write_text("\n".join(page_errors))
-            browser.close()
+            assert not errors, errors
+    finally:
+        (ARTIFACTS / "browser-gradients-page-errors.txt").write_text("\n".join(errors))

@@ -3,8 +3,6 @@ tilted double well, whose free-energy difference between the wells and free-ener
 their derivatives are exact by quadrature, sampled directly by Monte Carlo, and across an
 8 kT barrier by umbrella windows combined by MBAR."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,8 +12,9 @@ from workbench.gradients import free_energy as fe
 from workbench.gradients import reweight as rw
 from workbench.potentials.base import FunctionPotential
 from workbench.sampling import cv
-from workbench.sampling import montecarlo as mcm
 from workbench.sampling import umbrella as us
+
+from test_reweight import _sample_well
 
 KT = 2.5
 
@@ -55,26 +54,8 @@ def exact_gradient(h, c, eps=1e-5):
                      (exact(h, c + eps) - exact(h, c - eps)) / (2 * eps)])
 
 
-def _sample(h, c, seed, chains=64, steps=20_000, thin=10):
-    sampler = mcm.metropolis(WELL, mode="all", step_size=0.3, target=0.5)
-    settings = sampler.settings(kT=KT)
-    params = _params(h, c)
-
-    @functools.partial(jax.jit, static_argnums=1)
-    def run(s, n):
-        def body(st, _):
-            st = jax.lax.fori_loop(0, thin, lambda i, x: sampler.step(x, params, settings), st)
-            return st, st.positions
-
-        return jax.vmap(lambda st: jax.lax.scan(body, st, None, length=n // thin))(s)
-
-    x0 = np.tile(np.array([[[-1.0, 0.0, 0.0]]]), (chains, 1, 1))
-    x0[::2, 0, 0] = 1.0
-    keys = jax.random.split(jax.random.PRNGKey(seed), chains)
-    s = jax.vmap(lambda k, x: sampler.init(k, x, params, settings))(keys, jnp.asarray(x0))
-    s, _ = run(s, 2000)
-    _, x = run(jax.vmap(mcm.production)(s), steps)
-    return np.asarray(x).reshape(-1, 1, 3)
+def _sample(h, c, seed, chains=64, steps=20_000):
+    return _sample_well(h, seed, chains, steps, potential=WELL, params=_params(h, c))
 
 
 def _estimates(params, samples):

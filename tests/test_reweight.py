@@ -28,12 +28,14 @@ def _well_observable(r, p, aux, box):
     return jnp.stack([r[0, 0] ** 2, double_well(r, p)])
 
 
-def _sample_well(h, seed, chains=64, steps=20_000, thin=10) -> np.ndarray:
+def _sample_well(h, seed, chains=64, steps=20_000, thin=10, *, potential=WELL,
+                 params=None) -> np.ndarray:
     """Frames (chains * steps / thin, 1, 3), chain after chain, from all-particle Metropolis
-    chains (adapted, then production) at barrier h."""
-    sampler = mcm.metropolis(WELL, mode="all", step_size=0.3, target=0.5)
+    chains (adapted, then production) of a one-particle ``potential`` (default the double well
+    at barrier h; ``params`` override), started half in each well."""
+    sampler = mcm.metropolis(potential, mode="all", step_size=0.3, target=0.5)
     settings = sampler.settings(kT=KT)
-    params = {"h": jnp.asarray(h)}
+    params = {"h": jnp.asarray(h)} if params is None else params
 
     @functools.partial(jax.jit, static_argnums=1)
     def run(s, n):

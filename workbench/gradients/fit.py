@@ -37,8 +37,8 @@ from . import reweight as rw
 
 Array = jax.Array
 
-__all__ = ["FitResult", "fit", "as_objective", "EnsembleObjective", "force_matching", "structure_loss",
-           "simulation_sampler", "batch_sampler", "param_names"]
+__all__ = ["FitResult", "fit", "as_objective", "EnsembleObjective", "force_matching",
+           "structure_loss", "simulation_sampler", "batch_sampler", "param_names"]
 
 
 @dataclass
@@ -77,9 +77,9 @@ def _bounds_arrays(params, bounds: Mapping[str, tuple] | None):
         b = bounds.get(name, (None, None))
         if len(b) != 2:
             raise ValueError(f"bounds[{name!r}] must be (lower, upper) with None for no bound")
-        dt = jnp.asarray(leaf).dtype
-        lo.append(None if b[0] is None else jnp.broadcast_to(jnp.asarray(b[0], dt), jnp.shape(leaf)))
-        hi.append(None if b[1] is None else jnp.broadcast_to(jnp.asarray(b[1], dt), jnp.shape(leaf)))
+        dt, shape = jnp.asarray(leaf).dtype, jnp.shape(leaf)
+        lo.append(None if b[0] is None else jnp.broadcast_to(jnp.asarray(b[0], dt), shape))
+        hi.append(None if b[1] is None else jnp.broadcast_to(jnp.asarray(b[1], dt), shape))
         if lo[-1] is not None and hi[-1] is not None and bool(jnp.any(lo[-1] > hi[-1])):
             raise ValueError(f"bounds[{name!r}]: lower bound above the upper one")
     return tree, lo, hi

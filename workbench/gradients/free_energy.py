@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .reweight import Samples, fit_template, frame_values
+from .reweight import Samples, fit_template, log_weights
 
 Array = jax.Array
 
@@ -60,22 +60,6 @@ def cv_region(cv, lower, upper) -> Region:
     return region
 
 
-def _log_weights(potential, params, samples: Samples, kT, aux, ref_params, batch_size,
-                 extra: Callable | None = None):
-    """Normalised log weights (F,) at ``params``, and ``extra(positions, params, aux, box)``
-    per frame (F, ...) when given."""
-    obs = extra if extra is not None else (lambda *a: jnp.zeros(()))
-    u, o, _ = frame_values(obs, potential, params, samples, aux, batch_size=batch_size)
-    if ref_params is None:
-        u0 = jax.lax.stop_gradient(u)
-    else:
-        u0, _, _ = frame_values(lambda *a: jnp.zeros(()), potential,
-                                jax.lax.stop_gradient(ref_params), samples, aux,
-                                batch_size=batch_size)
-    log_w = samples.log_weight - (u - u0) / kT
-    return log_w - jax.scipy.special.logsumexp(log_w), o
-
-
 def free_energy_difference(region_a: Region, region_b: Region, potential, params,
                            samples: Samples, kT, aux=None, *, ref_params=None,
                            batch_size: int | None = None) -> Array:
@@ -89,7 +73,8 @@ def free_energy_difference(region_a: Region, region_b: Region, potential, params
     def both(positions, p, a, box):
         return jnp.stack([region_a(positions, box), region_b(positions, box)])
 
-    log_w, h = _log_weights(potential, params, samples, kT, aux, ref_params, batch_size, both)
+    log_w, h, _ = log_weights(both, potential, params, samples, kT, aux, ref_params=ref_params,
+                              batch_size=batch_size)
     la = jax.scipy.special.logsumexp(log_w, b=h[:, 0])
     lb = jax.scipy.special.logsumexp(log_w, b=h[:, 1])
     return -kT * (lb - la)
@@ -124,7 +109,8 @@ def free_energy_profile(cvs: Callable[[Array, Any], Array], edges: Sequence[np.n
         flat = idx[0] if len(idx) == 1 else idx[0] * shape[1] + idx[1]
         return jnp.where(ok, flat, -1)
 
-    log_w, b = _log_weights(potential, params, samples, kT, aux, ref_params, batch_size, bin_of)
+    log_w, b, _ = log_weights(bin_of, potential, params, samples, kT, aux, ref_params=ref_params,
+                              batch_size=batch_size)
     n_bins = int(np.prod(shape))
     onehot = (b[:, None] == jnp.arange(n_bins)[None, :]).astype(log_w.dtype)  # (F, bins)
     empty = jnp.sum(onehot, 0) == 0

@@ -39,7 +39,8 @@ from ..potentials.base import overflowed
 
 Array = jax.Array
 
-__all__ = ["Samples", "Reweighted", "GradientEstimate", "LowESSWarning", "reweighted_average",
+__all__ = ["Samples", "Reweighted", "GradientEstimate", "LowESSWarning", "log_weights",
+           "reweighted_average",
            "frame_values", "frame_derivatives", "ensemble_gradient", "fit_template",
            "potential_energy", "virial_pressure"]
 
@@ -97,7 +98,8 @@ class Samples:
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class Reweighted:
-    """value: the reweighted average (the observable's shape, or pytree); ess: () Kish effective sample size;
+    """value: the reweighted average (the observable's shape, or pytree); ess: () Kish
+    effective sample size;
     log_w: (F,) normalised log weights; overflow: () bool, a frame's neighbor list overflowed
     (the result is then wrong: grow the template list, as :func:`ensemble_gradient` does)."""
 
@@ -133,6 +135,24 @@ def frame_values(observable: Observable, potential, params, samples: Samples, au
     return u, o, jnp.any(ovf)
 
 
+def log_weights(observable: Observable | None, potential, params, samples: Samples, kT,
+                aux=None, *, ref_params=None, batch_size: int | None = None):
+    """Normalised log weights (F,) of the frames at ``params`` (samples drawn at ``ref_params``,
+    default ``params`` held by ``stop_gradient``), the observable per frame (F, ...) (None: a
+    zero), and whether any frame's list overflowed. The core of every reweighted estimate."""
+    obs = observable if observable is not None else (lambda *a: jnp.zeros(()))
+    u, o, ovf = frame_values(obs, potential, params, samples, aux, batch_size=batch_size)
+    if ref_params is None:
+        u0 = jax.lax.stop_gradient(u)
+    else:
+        u0, _, ovf0 = frame_values(lambda *a: jnp.zeros(()), potential,
+                                   jax.lax.stop_gradient(ref_params), samples, aux,
+                                   batch_size=batch_size)
+        ovf = ovf | ovf0
+    log_w = samples.log_weight - (u - u0) / kT
+    return log_w - jax.scipy.special.logsumexp(log_w), o, ovf
+
+
 def reweighted_average(observable: Observable, potential, params, samples: Samples, kT,
                        aux=None, *, ref_params=None, batch_size: int | None = None
                        ) -> Reweighted:
@@ -142,16 +162,8 @@ def reweighted_average(observable: Observable, potential, params, samples: Sampl
     ``potential.allocate`` (capacity structural), or None. The observable may return any
     pytree of arrays (several observables at once); the value has its structure. Pure: jit,
     grad, vmap."""
-    u, o, ovf = frame_values(observable, potential, params, samples, aux, batch_size=batch_size)
-    if ref_params is None:
-        u0 = jax.lax.stop_gradient(u)
-    else:
-        u0, _, ovf0 = frame_values(lambda *a: jnp.zeros(()), potential,
-                                   jax.lax.stop_gradient(ref_params), samples, aux,
-                                   batch_size=batch_size)
-        ovf = ovf | ovf0
-    log_w = samples.log_weight - (u - u0) / kT
-    log_w = log_w - jax.scipy.special.logsumexp(log_w)
+    log_w, o, ovf = log_weights(observable, potential, params, samples, kT, aux,
+                                ref_params=ref_params, batch_size=batch_size)
     w = jnp.exp(log_w)
     value = jax.tree_util.tree_map(lambda x: jnp.tensordot(w, x, axes=1), o)
     ess = 1.0 / jnp.sum(w * w)

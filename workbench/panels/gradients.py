@@ -118,8 +118,9 @@ class GradientPanel(widgets.VBox):
         r = g.last
         status = html.escape(g.status)
         if g.error is not None and g.status == "error":
-            self.message.value = (f'<span style="color:#b00020">{html.escape(type(g.error).__name__)}'
-                                  f": {html.escape(str(g.error))}</span>")
+            kind = html.escape(type(g.error).__name__)
+            self.message.value = (f'<span style="color:#b00020">{kind}: '
+                                  f"{html.escape(str(g.error))}</span>")
         else:
             self.message.value = ""
         if r is None:

@@ -21,6 +21,7 @@ import numpy as np
 from ..simulate import BlowupError, Simulation, _same_structure
 from . import history as hist
 from . import params as pn
+from .observers import Observers
 from .runner import Runner
 
 __all__ = ["EVENTS", "Session"]
@@ -65,7 +66,7 @@ class Session:
         self.max_frames, self.max_records = int(max_frames), int(max_records)
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self._observers: dict[str, list[Callable]] = {e: [] for e in EVENTS}
+        self._observers = Observers(EVENTS, _log)
         self._runner = Runner(self)
         self._previous_compiles = 0
         self._config = {
@@ -285,22 +286,10 @@ class Session:
     def observe(self, callback: Callable[[Any], None], event: str = "frames") -> Callable[[], None]:
         """Call ``callback(payload)`` on ``event`` (see :data:`EVENTS`). Returns a function
         that removes the observer."""
-        if event not in self._observers:
-            raise ValueError(f"unknown event {event!r}; choose one of {list(EVENTS)}")
-        self._observers[event].append(callback)
-
-        def remove():
-            if callback in self._observers[event]:
-                self._observers[event].remove(callback)
-
-        return remove
+        return self._observers.add(callback, event)
 
     def _notify(self, event: str, payload) -> None:
-        for cb in list(self._observers[event]):
-            try:
-                cb(payload)
-            except Exception:  # noqa: BLE001 - an observer must never kill the runner
-                _log.exception("workbench session observer %r failed on %r", cb, event)
+        self._observers.notify(event, payload)
 
     def _set_status(self, status: str) -> None:
         with self._lock:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import params as pn
+from .observers import Observers
 
 __all__ = ["GradientSession", "GradientResult", "GRADIENT_EVENTS"]
 
@@ -88,7 +89,7 @@ class GradientSession:
         self.last: GradientResult | None = None
         self.status = "idle"
         self.error: BaseException | None = None
-        self._observers: dict[str, list[Callable]] = {e: [] for e in GRADIENT_EVENTS}
+        self._observers = Observers(GRADIENT_EVENTS, _log)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._idle = threading.Event()
@@ -108,18 +109,10 @@ class GradientSession:
     # ------------------------------------------------------------------ observers
     def observe(self, callback: Callable[[Any], None], event: str = "gradient"):
         """Call ``callback(payload)`` on ``event`` (:data:`GRADIENT_EVENTS`); returns a remover."""
-        if event not in self._observers:
-            raise ValueError(f"unknown event {event!r}; choose one of {list(GRADIENT_EVENTS)}")
-        self._observers[event].append(callback)
-        return lambda: self._observers[event].remove(callback) \
-            if callback in self._observers[event] else None
+        return self._observers.add(callback, event)
 
     def _notify(self, event: str, payload) -> None:
-        for cb in list(self._observers[event]):
-            try:
-                cb(payload)
-            except Exception:  # noqa: BLE001 - an observer must never kill the worker
-                _log.exception("gradient observer %r failed on %r", cb, event)
+        self._observers.notify(event, payload)
 
     def _set_status(self, status: str) -> None:
         self.status = status
