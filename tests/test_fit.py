@@ -217,3 +217,26 @@ def test_torsion_barrier_from_dihedral_distribution():
     held = np.delete(np.asarray(out.params["PeriodicTorsionForce"]["k"]), k3)
     np.testing.assert_array_equal(held, np.delete(np.asarray(true["PeriodicTorsionForce"]["k"]),
                                                   k3))
+
+
+def test_objectives_never_retrace_for_new_values_or_new_samples(x64):
+    """Three parameter values and a re-sampling: one compiled value-and-gradient each, for a
+    plain loss and for an ensemble objective (new samples have the same shapes)."""
+    from test_free_energy_gradients import WELL, KT, _params
+
+    from workbench.dynamics import integrators as integ
+
+    lang = integ.langevin(WELL)
+    settings = lang.settings(dt=0.01, kT=KT, gamma=5.0)
+    sampler = ft.batch_sampler(lang, settings, np.array([[-1.0, 0.0, 0.0]]), copies=8,
+                               n_frames=400, stride=10, masses=np.ones(1))
+    ens = ft.EnsembleObjective(sampler, {"x": lambda r, p, a, b: r[0, 0]},
+                               lambda av, p: av["x"] ** 2, WELL, KT, min_ess=0.9)
+    plain = ft.as_objective(lambda p: (p["h"] - 3.0) ** 2 + p["c"] ** 2)
+    resampled = 0
+    for c in (0.0, 0.3, 3.0):  # the last one is far: the ensemble objective re-samples
+        _, metrics, _ = ens.value_and_grad(_params(5.0, c))
+        resampled += int(metrics["resampled"])
+        plain.value_and_grad(_params(5.0, c))
+    assert resampled >= 2  # the first call, and the far value
+    assert ens._vg._cache_size() == 1 and plain._vg._cache_size() == 1
