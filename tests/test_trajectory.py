@@ -70,6 +70,15 @@ def test_lj_trajectory_gradients_match_finite_differences(fluid):
     plain = tj.trajectory(it, 60, observable=obs, every=20, checkpoint=None)
     g_plain = jax.grad(_loss(plain, state, fluid.params, settings, "sigma"))(1.0, zero)
     assert float(g_plain) == pytest.approx(float(g_s), rel=1e-10)
+    for every in (20, 1):  # long frames (segments inside) and short ones (segments of frames)
+        stored = tj.trajectory(it, 60, observable=obs, every=every, store_forces=True)
+        loss = _loss(stored, state, fluid.params, settings, "sigma")
+        if every == 1:
+            g_ref = jax.grad(_loss(tj.trajectory(it, 60, observable=obs, every=1), state,
+                                   fluid.params, settings, "sigma"))(1.0, zero)
+        else:
+            g_ref = g_s
+        assert float(jax.grad(loss)(1.0, zero)) == pytest.approx(float(g_ref), rel=1e-10)
 
 
 def test_checkpointing_memory_is_sublinear_and_reversible_memory_constant(fluid):
@@ -93,12 +102,19 @@ def test_checkpointing_memory_is_sublinear_and_reversible_memory_constant(fluid)
                                                    checkpoint=None))
         mem["sqrt", n] = temp_bytes(tj.trajectory(vv, n, observable=obs, every=n,
                                                   checkpoint="sqrt"))
+        mem["stored", n] = temp_bytes(tj.trajectory(vv, n, observable=obs, every=n,
+                                                    store_forces=True))
         mem["reversible", n] = temp_bytes(tj.reversible_verlet(pot, n, observable=obs, every=n))
     print({k: f"{v / 1e6:.1f} MB" for k, v in mem.items()})
     plain_growth = mem["plain", 256] - mem["plain", 64]
     assert plain_growth > 0.5 * mem["plain", 64]  # linear in the steps
     assert mem["sqrt", 256] - mem["sqrt", 64] < 0.2 * plain_growth
     assert mem["sqrt", 256] < 0.4 * mem["plain", 256]
+    # stored forces: N x 3 numbers a step, far less than a plain step's intermediates
+    n_atoms = state.positions.shape[0]
+    stored_growth = mem["stored", 256] - mem["stored", 64]
+    assert stored_growth < 0.5 * plain_growth
+    assert stored_growth < 3 * (256 - 64) * n_atoms * 3 * 8
     assert mem["reversible", 256] <= 1.05 * mem["reversible", 64]
 
 

@@ -9,6 +9,9 @@ float64, for:
   jax-md's examples do with ``jax.grad`` over ``lax.fori_loop``/``scan``; jax-md itself does
   not install next to this JAX version, see benchmarks/RESULTS.md);
 * ``checkpoint``: :func:`workbench.gradients.trajectory.trajectory` with ``checkpoint="sqrt"``
+  (memory sublinear in the steps);
+* ``checkpoint_forces``: the same segments, also keeping each step's forces
+  (``store_forces=True``), so the backward pass's recomputation evaluates no forces
   (targets: at most 1 GB and 3x the forward time);
 * ``reversible`` (float64): the constant-memory exactly reversible velocity Verlet, NVE, with
   its own NVE forward run as the unit.
@@ -77,9 +80,11 @@ def measure(dtype: str, steps: int = 1000, atoms: int = 500) -> dict:
                                      checkpoint=None), state, settings))
     t_fwd = _timed(fwd, one)
     out["forward"] = {"seconds": t_fwd, "bytes": _footprint(fwd.lower(one).compile())}
-    for name, mode in (("plain", None), ("checkpoint", "sqrt")):
+    for name, mode, store in (("plain", None, False), ("checkpoint", "sqrt", False),
+                              ("checkpoint_forces", "sqrt", True)):
         g = jax.jit(jax.value_and_grad(loss(tj.trajectory(
-            lang, steps, observable=obs, every=steps, checkpoint=mode), state, settings)))
+            lang, steps, observable=obs, every=steps, checkpoint=mode, store_forces=store),
+            state, settings)))
         t = _timed(g, one)
         value, grad = g(one)
         out[name] = {"seconds": t, "ratio_to_forward": t / t_fwd,
@@ -120,11 +125,11 @@ def _report(r: dict) -> None:
     mb = 1e-6
     print(f"{r['dtype']}: {r['atoms']} LJ atoms, {r['steps']} Langevin steps | forward "
           f"{r['forward']['seconds']:.2f} s", flush=True)
-    for name in ("plain", "checkpoint"):
+    for name in ("plain", "checkpoint", "checkpoint_forces"):
         if name in r:
             x = r[name]
             mem = f"{x['bytes'] * mb:8.1f} MB" if "bytes" in x else "       -   "
-            print(f"  {name:12s} {x['seconds']:7.2f} s ({x['ratio_to_forward']:5.1f}x forward) "
+            print(f"  {name:17s} {x['seconds']:7.2f} s ({x['ratio_to_forward']:5.1f}x forward) "
                   f"{mem}", flush=True)
     if "reversible" in r:
         x = r["reversible"]
@@ -154,9 +159,19 @@ def main(argv: list[str] | None = None) -> int:
         r = _child(dtype, args.steps, args.atoms)
         _report(r)
         result["runs"].append(r)
-        if "checkpoint" in r:
-            result[f"checkpoint_ratio_{dtype}"] = r["checkpoint"]["ratio_to_forward"]
-            result[f"checkpoint_bytes_{dtype}"] = r["checkpoint"]["bytes"]
+        for name in ("checkpoint", "checkpoint_forces"):
+            if name in r:
+                result[f"{name}_ratio_{dtype}"] = r[name]["ratio_to_forward"]
+                result[f"{name}_bytes_{dtype}"] = r[name]["bytes"]
+        if dtype == "float32" and "checkpoint_forces" in r:  # the headline figures
+            result["checkpointed_peak_gb"] = r["checkpoint_forces"]["bytes"] / 1e9
+            result["checkpointed_time_ratio"] = r["checkpoint_forces"]["ratio_to_forward"]
+            result["checkpointed_sqrt_peak_gb"] = r["checkpoint"]["bytes"] / 1e9
+            result["checkpointed_sqrt_time_ratio"] = r["checkpoint"]["ratio_to_forward"]
+        if "reversible" in r:  # needs 64-bit integers: the float64 run's figures
+            result["constant_memory_peak_gb"] = r["reversible"]["bytes"] / 1e9
+            result["constant_memory_time_ratio"] = r["reversible"]["ratio_to_forward"]
+            result["constant_memory_dtype"] = dtype
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from .. import xla
 from . import constraints as cons
@@ -265,13 +266,21 @@ def _start_program():
     return xla.jit(_start, static_argnames=("potential", "kT_of", "remove_com", "fresh"))
 
 
+FORCES_NAME = "workbench_forces"
+"""The name (``jax.ad_checkpoint.checkpoint_name``) of every step's forces: a checkpoint policy
+that saves it (:func:`workbench.gradients.trajectory.trajectory`'s ``store_forces``) spares the
+backward pass the force evaluations of its recomputation. A no-op everywhere else."""
+
+
 def _forces(potential, state, positions, params, energy: bool = True):
     """Forces (and the energy, unless ``energy`` is False: then the returned energy is NaN;
     :class:`~workbench.simulate.Simulation` fills it in at reported frames). Refreshes the
     potential's neighbor list; the box is the state's."""
     if energy:
-        return potential.evaluate(positions, params, state.aux, state.box)
+        ev, aux = potential.evaluate(positions, params, state.aux, state.box)
+        return replace(ev, forces=checkpoint_name(ev.forces, FORCES_NAME)), aux
     forces, aux = potential.forces(positions, params, state.aux, state.box)
+    forces = checkpoint_name(forces, FORCES_NAME)
     return Evaluation(energy=jnp.full((), jnp.nan, forces.dtype), forces=forces), aux
 
 

@@ -67,7 +67,7 @@ def _require(method: str, given: dict, names: tuple[str, ...]):
 
 _OPTIONS = {
     "backprop": ({"integrator", "state", "settings", "n_steps"},
-                 {"every", "checkpoint", "horizon"}),
+                 {"every", "checkpoint", "horizon", "store_forces"}),
     "reweight": ({"potential", "samples", "kT"}, {"aux", "n_blocks", "min_ess", "batch_size"}),
     "implicit": ({"potential", "positions"},
                  {"aux", "box", "minimizer", "minimizer_options"}),
@@ -100,7 +100,8 @@ def _value_and_info(observable: Observable, method: str, options: dict):
             integrator, int(options["n_steps"]),
             observable=lambda s, p: observable(s.positions, p, s.aux, s.box),
             every=int(options.get("every") or 1),
-            checkpoint=options.get("checkpoint", "sqrt"), horizon=options.get("horizon"))
+            checkpoint=options.get("checkpoint", "sqrt"), horizon=options.get("horizon"),
+            store_forces=bool(options.get("store_forces", False)))
         settings = options["settings"]
 
         def traj_value(params):
@@ -168,7 +169,8 @@ def gradient(observable: Observable, params, method: str = "reweight", *, of: st
 
     * backprop: ``integrator``, ``state`` (from ``integrator.init``), ``settings``,
       ``n_steps``; optional ``every`` (steps between observations, default 1),
-      ``checkpoint`` ("sqrt", an int, or None) and ``horizon`` (truncated backpropagation);
+      ``checkpoint`` ("sqrt", an int, or None), ``store_forces`` (keep each step's forces:
+      fewer force passes backward) and ``horizon`` (truncated backpropagation);
     * reweight: ``potential``, ``samples`` (:class:`~workbench.gradients.reweight.Samples`),
       ``kT``; optional ``aux`` (neighbor-list template), ``n_blocks`` (10), ``min_ess``,
       ``batch_size``;

@@ -386,8 +386,19 @@ class PairPotential(EnergyTerm):
             g = jnp.stack([jnp.sum(phi * ux + c * dx, 1), jnp.sum(phi * uy + c * dy, 1),
                            jnp.sum(phi * uz + c * dz, 1)], -1)
             wd = dx * wxi + dy * wyi + dz * wzi
-            _, vjp = jax.vjp(lambda q: phi_of(q, r2), params)
-            (gp,) = vjp(wd)
+            if types is None:
+                # one type: each parameter is a scalar; forward mode per leaf keeps every
+                # reduction a row sum of the (B, K) block (reverse mode's whole-block sums
+                # beside row sums make a multi-output fusion XLA's CPU emitter runs scalar)
+                gp = {}
+                for key, v in params.items():
+                    t = {k2: jnp.zeros_like(v2) for k2, v2 in params.items()}
+                    t[key] = jnp.ones_like(v)
+                    d = jax.jvp(lambda q: phi_of(q, r2), (params,), (t,))[1]
+                    gp[key] = jnp.sum(wd * d, 1)
+            else:
+                _, vjp = jax.vjp(lambda q: phi_of(q, r2), params)
+                (gp,) = vjp(wd)
             if not periodic:
                 return g, gp, jnp.zeros((3, 3), dx.dtype)
             c = 2.0 * dphi * wd
@@ -405,7 +416,11 @@ class PairPotential(EnergyTerm):
         gb = jnp.sum(gb, 0)
         if space.kind == "periodic":  # orthorhombic: only the box lengths enter
             gb = jnp.diag(jnp.diagonal(gb))
-        return g, jax.tree_util.tree_map(lambda x: jnp.sum(x, 0), gp), gb
+        if types is None:
+            gp = {k: jnp.sum(gp[k]).reshape(v.shape).astype(v.dtype) for k, v in params.items()}
+        else:
+            gp = jax.tree_util.tree_map(lambda x: jnp.sum(x, 0), gp)
+        return g, gp, gb
 
     def energy_virial(self, positions: Array, params, aux=None, box=None) -> tuple[Array, Array]:
         """Energy (kJ/mol) and virial tensor W = sum over pairs r_ij (x) f_ij (3, 3) kJ/mol in one
