@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         result[f"{name}_ratio_vs_openmm"] = ratio
         print(f"{name}: {wb['atoms']} atoms | workbench {wb['ns_per_day']:.2f} ns/day "
               f"(compile {wb['compile_s']:.1f} s, first chunk {wb['first_chunk_s']:.1f} s, "
-              f"T at the last frame {wb['temperature_K']:.0f} K) | OpenMM CPU {omm['ns_per_day']:.2f} ns/day "
+              f"T at the last frame {wb['temperature_K']:.0f} K) | "
+              f"OpenMM CPU {omm['ns_per_day']:.2f} ns/day "
               f"(first chunk {omm['first_chunk_s']:.1f} s) | ratio {ratio:.3f}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
