@@ -14,7 +14,11 @@ float64, for:
   (``store_forces=True``), so the backward pass's recomputation evaluates no forces
   (targets: at most 1 GB and 3x the forward time);
 * ``reversible`` (float64): the constant-memory exactly reversible velocity Verlet, NVE, with
-  its own NVE forward run as the unit.
+  its own NVE forward run as the unit;
+* ``jax_md`` (when jax-md is installed: ``pip install -e '.[bench]'``): the same problem in
+  jax-md (``simulate.nvt_langevin``, a plain-cut LJ on its neighbor list, updated every step
+  under ``lax.fori_loop``) differentiated by plain reverse mode, as its examples do. Its
+  compiled footprint is measured first; it runs only when that fits in ``--max-gb``.
 
 Memory is XLA's compiled footprint (temporaries + arguments + outputs, from
 ``memory_analysis()``), the peak the program can reach. Each precision runs in its own process
@@ -51,7 +55,7 @@ def _timed(fn, *args, repeats: int = 2) -> float:
     return best
 
 
-def measure(dtype: str, steps: int = 1000, atoms: int = 500) -> dict:
+def measure(dtype: str, steps: int = 1000, atoms: int = 500, max_gb: float = 12.0) -> dict:
     """The figures for one precision (this process's JAX precision must match ``dtype``)."""
     import jax
     import jax.numpy as jnp
@@ -108,13 +112,83 @@ def measure(dtype: str, steps: int = 1000, atoms: int = 500) -> dict:
                              "bytes": _footprint(g.lower(one).compile()),
                              "gradient": float(g(one)[1]),
                              "checkpointed_gradient": float(ck(one))}
+    from workbench.bench.peers import PeerUnavailable
+
+    try:
+        out["jax_md"] = jax_md_peer(steps, atoms, max_gb)
+    except PeerUnavailable as exc:
+        out["jax_md"] = {"unavailable": str(exc)}
     return out
 
 
-def _child(dtype: str, steps: int, atoms: int) -> dict:
+def jax_md_peer(steps: int, atoms: int, max_gb: float) -> dict:
+    """jax-md's forward run and its plain reverse-mode gradient of the final potential energy
+    with respect to epsilon, on the system :func:`measure` uses (same positions and settings;
+    jax-md draws its own start velocities)."""
+    import warnings
+
+    import jax
+    import jax.numpy as jnp
+
+    import workbench as wb
+    from workbench.bench.peers import _require, _version
+
+    jax_md = _require("jax_md", "jax-md")
+    from jax_md import energy, partition, simulate, smap, space
+
+    warnings.filterwarnings("ignore", message="Explicitly requested dtype float64")
+    system = wb.lj_fluid(n_atoms=atoms, density=0.8442, cutoff=2.5, skin=0.3)
+    box = jnp.asarray(float(system.space.box[0, 0]))
+    displacement, shift = space.periodic(box)
+    cutoff = 2.5
+
+    def lj_cut(dr, sigma=1.0, epsilon=1.0, **unused):  # our truncation="cut"
+        # the safe-where form: padded pairs (dr = 0) would otherwise make the gradient NaN
+        inside = (dr > 0.1) & (dr < cutoff)
+        safe = jnp.where(inside, dr, 1.0)
+        return jnp.where(inside, energy.lennard_jones(safe, sigma, epsilon), 0.0)
+
+    neighbor_fn = partition.neighbor_list(displacement, box, r_cutoff=cutoff, dr_threshold=0.3,
+                                          format=partition.NeighborListFormat.Dense)
+    energy_fn = smap.pair_neighbor_list(
+        lj_cut, space.canonicalize_displacement_or_metric(displacement), sigma=1.0, epsilon=1.0)
+    positions = jnp.asarray(system.positions)
+    nbrs0 = neighbor_fn.allocate(positions, extra_capacity=8)
+
+    def loss(eps):
+        init_fn, apply_fn = simulate.nvt_langevin(
+            lambda r, neighbor, **kw: energy_fn(r, neighbor=neighbor, epsilon=eps, **kw),
+            shift, dt=0.005, kT=1.44, gamma=1.0)
+        state = init_fn(jax.random.PRNGKey(0), positions, mass=1.0, neighbor=nbrs0)
+
+        def body(i, carry):
+            st, nb = carry
+            nb = nb.update(st.position)
+            return apply_fn(st, neighbor=nb), nb
+
+        st, nb = jax.lax.fori_loop(0, steps, body, (state, nbrs0))
+        return energy_fn(st.position, neighbor=nb, epsilon=eps)
+
+    one = jnp.asarray(1.0, positions.dtype)
+    fwd = jax.jit(loss)
+    t_fwd = _timed(fwd, one)
+    out = {"version": _version("jax-md", jax_md),
+           "forward": {"seconds": t_fwd, "bytes": _footprint(fwd.lower(one).compile())}}
+    g = jax.jit(jax.value_and_grad(loss))
+    need = _footprint(g.lower(one).compile())
+    out["plain"] = {"bytes": need}
+    if need > max_gb * 1e9:
+        out["plain"]["note"] = f"not run: needs {need / 1e9:.1f} GB (limit --max-gb {max_gb})"
+        return out
+    t = _timed(g, one)
+    out["plain"].update(seconds=t, ratio_to_forward=t / t_fwd, gradient=float(g(one)[1]))
+    return out
+
+
+def _child(dtype: str, steps: int, atoms: int, max_gb: float) -> dict:
     env = dict(os.environ, JAX_ENABLE_X64="1" if dtype == "float64" else "0")
     cmd = [sys.executable, "-m", "workbench.bench.grad", "--one", dtype, "--steps", str(steps),
-           "--atoms", str(atoms)]
+           "--atoms", str(atoms), "--max-gb", str(max_gb)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"bench grad ({dtype}) failed:\n{done.stderr[-3000:]}")
@@ -136,6 +210,18 @@ def _report(r: dict) -> None:
         print(f"  reversible   {x['seconds']:7.2f} s ({x['ratio_to_forward']:5.1f}x NVE forward) "
               f"{x['bytes'] * mb:8.1f} MB | gradient {x['gradient']:.6g} vs checkpointed "
               f"{x['checkpointed_gradient']:.6g}", flush=True)
+    peer = r.get("jax_md", {})
+    if "unavailable" in peer:
+        print(f"  jax-md: {peer['unavailable']}", flush=True)
+    elif peer:
+        x = peer["plain"]
+        head = (f"  jax-md {peer['version']}: forward {peer['forward']['seconds']:.2f} s | plain "
+                f"reverse mode {x['bytes'] * mb:8.1f} MB")
+        if "seconds" in x:
+            print(f"{head}, {x['seconds']:.2f} s ({x['ratio_to_forward']:.1f}x its forward), "
+                  f"gradient {x['gradient']:.6g}", flush=True)
+        else:
+            print(f"{head}: {x['note']}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,17 +232,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--atoms", type=int, default=500)
     ap.add_argument("--dtype", nargs="*", default=["float32", "float64"],
                     choices=["float32", "float64"])
+    ap.add_argument("--max-gb", type=float, default=12.0,
+                    help="run jax-md's gradient only if its compiled footprint fits (GB)")
     ap.add_argument("--one", choices=["float32", "float64"], help=argparse.SUPPRESS)
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args(argv)
     if args.one:  # child process: one precision, JSON on the last line
-        print(json.dumps(measure(args.one, args.steps, args.atoms)))
+        print(json.dumps(measure(args.one, args.steps, args.atoms, args.max_gb)))
         return 0
     result = {"benchmark": "grad",
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "runs": []}
     for dtype in args.dtype:
-        r = _child(dtype, args.steps, args.atoms)
+        r = _child(dtype, args.steps, args.atoms, args.max_gb)
         _report(r)
         result["runs"].append(r)
         for name in ("checkpoint", "checkpoint_forces"):
@@ -168,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             result["checkpointed_time_ratio"] = r["checkpoint_forces"]["ratio_to_forward"]
             result["checkpointed_sqrt_peak_gb"] = r["checkpoint"]["bytes"] / 1e9
             result["checkpointed_sqrt_time_ratio"] = r["checkpoint"]["ratio_to_forward"]
+        peer = r.get("jax_md", {}).get("plain")
+        if peer:  # the peer's figures (time only when it fitted in --max-gb)
+            result[f"jax_md_plain_peak_gb_{dtype}"] = peer["bytes"] / 1e9
+            if "ratio_to_forward" in peer:
+                result[f"jax_md_plain_time_ratio_{dtype}"] = peer["ratio_to_forward"]
         if "reversible" in r:  # needs 64-bit integers: the float64 run's figures
             result["constant_memory_peak_gb"] = r["reversible"]["bytes"] / 1e9
             result["constant_memory_time_ratio"] = r["reversible"]["ratio_to_forward"]
