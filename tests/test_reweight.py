@@ -145,6 +145,18 @@ def test_reweighted_average_composes_and_never_retraces(x64):
                                 ref_params={"h": jnp.asarray(5.0)})
     np.testing.assert_allclose(np.asarray(res.value), exact_well_averages(5.5), rtol=0.03)
     assert 0.5 * samples.n_frames < float(res.ess) < samples.n_frames
+    # the host-side estimate compiles once: new parameter values and new frames, no new trace
+    seen = []
+
+    def counted(r, p, aux, box):
+        seen.append(1)
+        return _well_observable(r, p, aux, box)
+
+    rw.ensemble_gradient(counted, WELL, {"h": jnp.asarray(5.0)}, samples, KT, n_blocks=1)
+    n = len(seen)  # one compilation (the value and jacrev each trace the observable)
+    for h, fr in ((5.5, samples), (6.0, rw.Samples.from_frames(frames[::-1]))):
+        rw.ensemble_gradient(counted, WELL, {"h": jnp.asarray(h)}, fr, KT, n_blocks=1)
+    assert n > 0 and len(seen) == n
 
 
 def test_lists_grow_to_fit_every_frame(x64):

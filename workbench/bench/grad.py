@@ -15,6 +15,9 @@ float64, for:
   (targets: at most 1 GB and 3x the forward time);
 * ``reversible`` (float64): the constant-memory exactly reversible velocity Verlet, NVE, with
   its own NVE forward run as the unit;
+* ``reweighting`` (float32 run): d<U>/d(params) and d g(r)/d(params) (30 bins to 2.5 sigma)
+  by the fluctuation formula from ``--frames`` frames (10,000; one every 10 steps of the same
+  Langevin run), against the time of sampling them (:class:`workbench.simulate.Simulation`);
 * ``jax_md`` (when jax-md is installed: ``pip install -e '.[bench]'``): the same problem in
   jax-md (``simulate.nvt_langevin``, a plain-cut LJ on its neighbor list, updated every step
   under ``lax.fori_loop``) differentiated by plain reverse mode, as its examples do. Its
@@ -55,7 +58,8 @@ def _timed(fn, *args, repeats: int = 2) -> float:
     return best
 
 
-def measure(dtype: str, steps: int = 1000, atoms: int = 500, max_gb: float = 12.0) -> dict:
+def measure(dtype: str, steps: int = 1000, atoms: int = 500, max_gb: float = 12.0,
+            frames: int = 10000) -> dict:
     """The figures for one precision (this process's JAX precision must match ``dtype``)."""
     import jax
     import jax.numpy as jnp
@@ -112,12 +116,50 @@ def measure(dtype: str, steps: int = 1000, atoms: int = 500, max_gb: float = 12.
                              "bytes": _footprint(g.lower(one).compile()),
                              "gradient": float(g(one)[1]),
                              "checkpointed_gradient": float(ck(one))}
+    if dtype == "float32" and frames:
+        out["reweighting"] = reweighting(atoms, frames)
     from workbench.bench.peers import PeerUnavailable
 
     try:
         out["jax_md"] = jax_md_peer(steps, atoms, max_gb)
     except PeerUnavailable as exc:
         out["jax_md"] = {"unavailable": str(exc)}
+    return out
+
+
+def reweighting(atoms: int, n_frames: int, every: int = 10) -> dict:
+    """Seconds to sample ``n_frames`` frames and to reweight d<U>/dparams and dg(r)/dparams
+    from them (first call, compile included; and a second call)."""
+    import numpy as np
+
+    import workbench as wb
+    from workbench.gradients import reweight as rw
+    from workbench.observables import pair_histogram
+    from workbench.simulate import Simulation
+
+    system = wb.lj_fluid(n_atoms=atoms, density=0.8442, cutoff=2.5, skin=0.3)
+    pot, kT = system.potential, 1.44
+    chunk = min(n_frames, 1000)
+    sim = Simulation(pot, system.params, "langevin", dict(dt=0.005, kT=kT, gamma=1.0),
+                     system.positions, masses=system.masses, seed=2, report_interval=every,
+                     frames_per_chunk=chunk)
+    sim.advance()  # equilibration and compilation, not timed
+    t = time.perf_counter()
+    frames = np.concatenate([sim.advance().positions for _ in range(-(-n_frames // chunk))])
+    t_sample = time.perf_counter() - t
+    samples = rw.Samples.from_frames(frames[:n_frames])
+    aux = pot.allocate(frames[0])
+    out = {"frames": int(n_frames), "steps_between": every, "sampling_seconds": t_sample}
+    for name, obs in (("U", rw.potential_energy(pot)),
+                      ("rdf", pair_histogram(system.space, np.linspace(0.8, 2.5, 31)))):
+        times = []
+        for _ in range(2):
+            t = time.perf_counter()
+            est = rw.ensemble_gradient(obs, pot, system.params, samples, kT, aux, min_ess=0.0)
+            np.asarray(est.gradient["epsilon"])
+            times.append(time.perf_counter() - t)
+        out[name] = {"first_seconds": times[0], "seconds": times[1],
+                     "ratio_to_sampling": times[1] / t_sample, "ess": float(est.ess)}
     return out
 
 
@@ -185,10 +227,10 @@ def jax_md_peer(steps: int, atoms: int, max_gb: float) -> dict:
     return out
 
 
-def _child(dtype: str, steps: int, atoms: int, max_gb: float) -> dict:
+def _child(dtype: str, steps: int, atoms: int, max_gb: float, frames: int) -> dict:
     env = dict(os.environ, JAX_ENABLE_X64="1" if dtype == "float64" else "0")
     cmd = [sys.executable, "-m", "workbench.bench.grad", "--one", dtype, "--steps", str(steps),
-           "--atoms", str(atoms), "--max-gb", str(max_gb)]
+           "--atoms", str(atoms), "--max-gb", str(max_gb), "--frames", str(frames)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"bench grad ({dtype}) failed:\n{done.stderr[-3000:]}")
@@ -210,6 +252,13 @@ def _report(r: dict) -> None:
         print(f"  reversible   {x['seconds']:7.2f} s ({x['ratio_to_forward']:5.1f}x NVE forward) "
               f"{x['bytes'] * mb:8.1f} MB | gradient {x['gradient']:.6g} vs checkpointed "
               f"{x['checkpointed_gradient']:.6g}", flush=True)
+    if "reweighting" in r:
+        x = r["reweighting"]
+        for name in ("U", "rdf"):
+            print(f"  reweighting d<{name}>/dparams from {x['frames']} frames: "
+                  f"{x[name]['seconds']:.2f} s ({x[name]['first_seconds']:.2f} s with compile) "
+                  f"= {x[name]['ratio_to_sampling']:.3f}x the sampling "
+                  f"({x['sampling_seconds']:.1f} s)", flush=True)
     peer = r.get("jax_md", {})
     if "unavailable" in peer:
         print(f"  jax-md: {peer['unavailable']}", flush=True)
@@ -232,19 +281,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--atoms", type=int, default=500)
     ap.add_argument("--dtype", nargs="*", default=["float32", "float64"],
                     choices=["float32", "float64"])
+    ap.add_argument("--frames", type=int, default=10000,
+                    help="frames for the reweighting gradients (float32 run; 0: skip)")
     ap.add_argument("--max-gb", type=float, default=12.0,
                     help="run jax-md's gradient only if its compiled footprint fits (GB)")
     ap.add_argument("--one", choices=["float32", "float64"], help=argparse.SUPPRESS)
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args(argv)
     if args.one:  # child process: one precision, JSON on the last line
-        print(json.dumps(measure(args.one, args.steps, args.atoms, args.max_gb)))
+        print(json.dumps(measure(args.one, args.steps, args.atoms, args.max_gb, args.frames)))
         return 0
     result = {"benchmark": "grad",
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "runs": []}
     for dtype in args.dtype:
-        r = _child(dtype, args.steps, args.atoms, args.max_gb)
+        r = _child(dtype, args.steps, args.atoms, args.max_gb, args.frames)
         _report(r)
         result["runs"].append(r)
         for name in ("checkpoint", "checkpoint_forces"):
@@ -256,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
             result["checkpointed_time_ratio"] = r["checkpoint_forces"]["ratio_to_forward"]
             result["checkpointed_sqrt_peak_gb"] = r["checkpoint"]["bytes"] / 1e9
             result["checkpointed_sqrt_time_ratio"] = r["checkpoint"]["ratio_to_forward"]
+        if "reweighting" in r:
+            for name in ("U", "rdf"):
+                result[f"reweighting_{name}_time_ratio"] = \
+                    r["reweighting"][name]["ratio_to_sampling"]
         peer = r.get("jax_md", {}).get("plain")
         if peer:  # the peer's figures (time only when it fitted in --max-gb)
             result[f"jax_md_plain_peak_gb_{dtype}"] = peer["bytes"] / 1e9

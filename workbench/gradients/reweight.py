@@ -26,6 +26,8 @@ warns when it is small, and gives block-averaged standard errors.
 
 from __future__ import annotations
 
+import collections
+
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -236,6 +238,26 @@ def frame_derivatives(observable: Observable, potential, params, samples: Sample
     return u, du, o, do, jnp.any(ovf)
 
 
+_PROGRAMS: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+
+
+def _frame_derivatives_program(observable, potential, batch_size):
+    """One jitted :func:`frame_derivatives` per (observable, potential, batch size), kept for
+    the next call: repeated estimates (new parameters, new frames of the same shapes) do not
+    recompile. The list template is an argument, not a constant."""
+    key = (id(observable), id(potential), batch_size)
+    hit = _PROGRAMS.get(key)
+    if hit is not None and hit[0] is observable and hit[1] is potential:
+        _PROGRAMS.move_to_end(key)
+        return hit[2]
+    fn = jax.jit(lambda p, s, a: frame_derivatives(observable, potential, p, s, a,
+                                                   batch_size=batch_size))
+    _PROGRAMS[key] = (observable, potential, fn)
+    while len(_PROGRAMS) > 32:
+        _PROGRAMS.popitem(last=False)
+    return fn
+
+
 def _estimate(log_weight, du, o, do, kT):
     """Weighted <O> and <dO> - Cov(O, dU) / kT from per-frame arrays (numpy, host side)."""
     w = np.exp(log_weight - log_weight.max())
@@ -266,9 +288,8 @@ def ensemble_gradient(observable: Observable, potential, params, samples: Sample
         raise ValueError(f"need n_blocks >= 1 and at least 2 frames per block; got {n_blocks} "
                          f"blocks for {samples.n_frames} frames")
     aux = fit_template(potential, samples, aux)
-    fn = jax.jit(lambda p, s: frame_derivatives(observable, potential, p, s, aux,
-                                                batch_size=batch_size))
-    u, du, o, do, _ = jax.tree_util.tree_map(np.asarray, fn(params, samples))
+    fn = _frame_derivatives_program(observable, potential, batch_size)
+    u, du, o, do, _ = jax.tree_util.tree_map(np.asarray, fn(params, samples, aux))
     lw = np.asarray(samples.log_weight, dtype=float)
     value, grad, ess = _estimate(lw, du, o, do, float(kT))
     if ess < min_ess:
