@@ -88,7 +88,7 @@ def test(args: list[str]) -> int:
     if workers > 1 and not any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in args):
         # one pytest worker per core (up to 4): most tests wait on XLA's single-threaded
         # compiler, so two workers on two cores finish the suite about 1.5x sooner
-        cmd += ["-n", str(workers), "--dist", "loadgroup"]
+        cmd += ["-n", str(workers), "--dist", "loadfile"]
     cmd += args
     say(" ".join(cmd[2:]))
     return subprocess.call(cmd, cwd=ROOT, env=env)

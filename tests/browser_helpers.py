@@ -10,6 +10,7 @@ hanging forever; they are generous and never used as performance checks.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -144,10 +146,29 @@ class LabServer:
             self._log.close()
 
     def __enter__(self) -> Self:
-        return self.start()
+        # One browser test at a time across pytest-xdist workers (each runs JupyterLab, a
+        # kernel and Chromium; two at once starve each other on two cores): an exclusive lock
+        # on a file, held until the server stops. Blocks; no polling.
+        lock = Path(tempfile.gettempdir()) / "workbench-browser-tests.lock"
+        self._lock = open(lock, "w")  # noqa: SIM115 - closed in _unlock()
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            return self.start()
+        except BaseException:
+            self._unlock()
+            raise
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
 
 
 def copy_notebook(src: Path, root: Path) -> Path:

@@ -24,12 +24,3 @@ def x64():
     yield
     jax.config.update("jax_enable_x64", before)
 
-
-def pytest_collection_modifyitems(config, items):
-    """Groups for ``pytest -n N --dist loadgroup`` (the README's test command): a file's tests
-    stay on one worker, in order (a notebook's cells share one kernel), and the real-browser
-    tests share one worker (each runs JupyterLab, a kernel and Chromium: two at once would
-    starve each other of the two cores)."""
-    for item in items:
-        group = "browser" if item.get_closest_marker("browser") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
