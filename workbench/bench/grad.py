@@ -173,27 +173,14 @@ def jax_md_peer(steps: int, atoms: int, max_gb: float) -> dict:
     import jax.numpy as jnp
 
     import workbench as wb
-    from workbench.bench.peers import _require, _version
+    from workbench.bench.peers import _require, _version, jax_md_lj
 
     jax_md = _require("jax_md", "jax-md")
-    from jax_md import energy, partition, simulate, smap, space
+    from jax_md import simulate
 
     warnings.filterwarnings("ignore", message="Explicitly requested dtype float64")
     system = wb.lj_fluid(n_atoms=atoms, density=0.8442, cutoff=2.5, skin=0.3)
-    box = jnp.asarray(float(system.space.box[0, 0]))
-    displacement, shift = space.periodic(box)
-    cutoff = 2.5
-
-    def lj_cut(dr, sigma=1.0, epsilon=1.0, **unused):  # our truncation="cut"
-        # the safe-where form: padded pairs (dr = 0) would otherwise make the gradient NaN
-        inside = (dr > 0.1) & (dr < cutoff)
-        safe = jnp.where(inside, dr, 1.0)
-        return jnp.where(inside, energy.lennard_jones(safe, sigma, epsilon), 0.0)
-
-    neighbor_fn = partition.neighbor_list(displacement, box, r_cutoff=cutoff, dr_threshold=0.3,
-                                          format=partition.NeighborListFormat.Dense)
-    energy_fn = smap.pair_neighbor_list(
-        lj_cut, space.canonicalize_displacement_or_metric(displacement), sigma=1.0, epsilon=1.0)
+    neighbor_fn, energy_fn, shift = jax_md_lj(float(system.space.box[0, 0]))
     positions = jnp.asarray(system.positions)
     nbrs0 = neighbor_fn.allocate(positions, extra_capacity=8)
 

@@ -43,6 +43,29 @@ def _require(module: str, peer: str):
 
 
 # ------------------------------------------------------------------------------ jax-md
+def jax_md_lj(box_length: float, fmt=None):
+    """jax-md's pieces for the plain-cut LJ fluid (cutoff 2.5, skin 0.3, sigma = epsilon = 1)
+    in a cubic box: (neighbor_fn, energy_fn(R, neighbor, **params), shift). The cut is the
+    safe-where form: padded pairs (dr = 0) would otherwise make gradients NaN."""
+    import jax.numpy as jnp
+    from jax_md import energy, partition, smap, space
+
+    box = jnp.asarray(box_length)
+    displacement, shift = space.periodic(box)
+
+    def lj_cut(dr, sigma=1.0, epsilon=1.0, **unused):
+        inside = (dr > 0.1) & (dr < CUTOFF)
+        safe = jnp.where(inside, dr, 1.0)
+        return jnp.where(inside, energy.lennard_jones(safe, sigma, epsilon), 0.0)
+
+    neighbor_fn = partition.neighbor_list(
+        displacement, box, r_cutoff=CUTOFF, dr_threshold=SKIN,
+        format=fmt if fmt is not None else partition.NeighborListFormat.Dense)
+    energy_fn = smap.pair_neighbor_list(
+        lj_cut, space.canonicalize_displacement_or_metric(displacement), sigma=1.0, epsilon=1.0)
+    return neighbor_fn, energy_fn, shift
+
+
 class JaxMDEngine:
     """jax-md 0.2.x: ``space.periodic``, ``partition.neighbor_list`` (r_cutoff 2.5,
     dr_threshold = skin 0.3, cell list), a plain-cut LJ lifted by ``smap.pair_neighbor_list``
@@ -57,7 +80,7 @@ class JaxMDEngine:
         jax_md = _require("jax_md", "jax-md")
         import jax
         import jax.numpy as jnp
-        from jax_md import energy, partition, quantity, simulate, smap, space
+        from jax_md import partition, quantity, simulate
 
         # jax-md asks for float64 sums internally; under float32 JAX warns on every trace.
         warnings.filterwarnings("ignore", message="Explicitly requested dtype float64")
@@ -67,17 +90,7 @@ class JaxMDEngine:
         fmt = getattr(partition.NeighborListFormat, fmt_name)
         self.variant, self.extra = fmt_name, {"format": fmt_name,
                                               "jax_md_version": _version("jax-md", jax_md)}
-        box = jnp.asarray(case.box_length)
-        displacement, shift = space.periodic(box)
-
-        def lj_cut(dr, sigma=1.0, epsilon=1.0, **unused):
-            return jnp.where(dr < CUTOFF, energy.lennard_jones(dr, sigma, epsilon), 0.0)
-
-        self.neighbor_fn = partition.neighbor_list(
-            displacement, box, r_cutoff=CUTOFF, dr_threshold=SKIN, format=fmt)
-        self.energy_fn = smap.pair_neighbor_list(
-            lj_cut, space.canonicalize_displacement_or_metric(displacement), sigma=1.0,
-            epsilon=1.0)
+        self.neighbor_fn, self.energy_fn, shift = jax_md_lj(case.box_length, fmt)
         init_fn, apply_fn = simulate.nve(self.energy_fn, shift, dt=DT)
         positions = jnp.asarray(case.positions)
         self.nbrs = self.neighbor_fn.allocate(positions)

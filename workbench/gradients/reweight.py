@@ -27,7 +27,6 @@ warns when it is small, and gives block-averaged standard errors.
 from __future__ import annotations
 
 import collections
-
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -238,7 +237,7 @@ def frame_derivatives(observable: Observable, potential, params, samples: Sample
     return u, du, o, do, jnp.any(ovf)
 
 
-_PROGRAMS: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+_PROGRAMS: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
 
 
 def _frame_derivatives_program(observable, potential, batch_size):
