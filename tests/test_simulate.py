@@ -342,8 +342,10 @@ def test_same_seed_same_run_different_seed_differs(fluid):
 
 def test_bad_run_arguments_raise(fluid):
     sim = make_sim(fluid)
-    with pytest.raises(ValueError, match=r"n_steps=50 is not a multiple of the chunk length 40"):
-        sim.run(50, progress=False)
+    with pytest.raises(ValueError, match=r"n_steps must be a non-negative integer"):
+        sim.run(-5, progress=False)
+    with pytest.raises(ValueError, match=r"n_steps must be a non-negative integer"):
+        sim.run(12.5, progress=False)
     with pytest.raises(ValueError, match="unknown integrator"):
         Simulation(fluid.potential, fluid.params, "leapfrog", {"dt": 0.005}, fluid.positions)
     with pytest.raises(TypeError, match="missing"):

@@ -18,6 +18,7 @@ Same seed, same trajectory.
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -30,7 +31,8 @@ from . import neighbors as nl
 from . import observables, parallel, xla
 from .dynamics import integrators as integ
 from .potentials.base import overflowed
-from .systems import placeholder_topology
+from .system import System, UnitWarning, check_settings, placeholder_topology
+from .units import BAR_PER_KJ_MOL_NM3, BOLTZMANN
 
 Array = jax.Array
 
@@ -50,6 +52,13 @@ CONSTRAINED = (integ.velocity_verlet, integ.langevin)
 
 LOG_COLUMNS = ["step", "time", "potential", "kinetic", "total", "kT", "pressure",
                "conserved"]
+"""Thermodynamics columns of every run (energies in kJ/mol or epsilon, pressure in
+kJ/mol/nm^3 or reduced units, NaN where undefined: pressure in free space)."""
+
+MOLECULAR_COLUMNS = ["temperature", "pressure_bar"]
+"""Added for molecular-unit systems: temperature (K) beside kT, pressure (bar)."""
+
+_UNSET = object()
 
 
 class BlowupError(FloatingPointError):
@@ -72,40 +81,61 @@ class Frame:
 
 
 class Simulation:
-    """Run dynamics of ``potential`` with ``integrator``.
+    """Run dynamics of a :class:`~workbench.system.System` with an integrator or sampler.
 
-    potential: energy model; params: its parameter pytree.
-    integrator: an :class:`~workbench.dynamics.integrators.Integrator` or a name in
-      :data:`INTEGRATORS` (built on ``potential``).
-    settings: the integrator's numeric knobs, as a dict (e.g. ``dict(dt=0.005, kT=1.0,
-      gamma=1.0)``) or its settings pytree.
-    positions: (N, 3) nm; masses: scalar or (N,) amu; seed: PRNG seed (velocities and noise).
+    ``Simulation(system, integrator, settings, **options)``: everything about the system
+    (potential, params, masses, constraints, topology, box, start positions, units) is read
+    from ``system``; ``params=``, ``positions=``, ``masses=``, ``constraints=``, ``topology=``
+    and ``box=`` override one piece explicitly. The older loose form
+    ``Simulation(potential, params, integrator, settings, positions, masses=...)`` still works
+    and warns where a piece looks forgotten.
+
+    integrator: an :class:`~workbench.dynamics.integrators.Integrator` (or sampler) or a name
+      in :data:`INTEGRATORS` (built on the potential with the system's constraints).
+    settings: the integrator's numeric knobs, as a dict (e.g. ``dict(dt=0.002, kT=2.494,
+      gamma=1.0)``; molecular units: dt ps, kT kJ/mol) or its settings pytree.
+    seed: PRNG seed (velocities and noise); velocities: (N, 3) nm/ps start velocities.
     report_interval: steps between reported frames; frames_per_chunk: frames per compiled chunk
-      (both structural). topology: mdtraj topology for trajectory files (optional).
+      (both structural).
     blowup_force: a force above this (kJ/mol/nm) counts as a blow-up; so does a move longer
-      than ``blowup_move`` (nm) in one step. constraints: a
-      :class:`~workbench.dynamics.constraints.Constraints` for an integrator given by name
-      (``ForceFieldSystem.constraints()``). box: start box (3, 3) nm (default: the potential's).
+      than ``blowup_move`` (nm) in one step.
     """
 
-    def __init__(self, potential, params, integrator, settings, positions, *, masses=1.0,
-                 seed: int = 0, velocities=None, report_interval: int = 100,
-                 frames_per_chunk: int = 1, topology=None, blowup_force: float = 1e8,
-                 blowup_move: float = 1.0, constraints=None, box=None):
+    def __init__(self, system, *args, params=_UNSET, positions=_UNSET, masses=_UNSET,
+                 constraints=_UNSET, topology=_UNSET, box=None, seed: int = 0,
+                 velocities=None, report_interval: int = 100, frames_per_chunk: int = 1,
+                 blowup_force: float = 1e8, blowup_move: float = 1.0):
+        system, constraints, integrator, settings = _resolve_system(
+            system, args, params=params, positions=positions, masses=masses,
+            constraints=constraints, topology=topology)
+        potential, params, positions = system.potential, system.params, system.positions
+        masses = system.masses
         if isinstance(integrator, str):
             if integrator not in INTEGRATORS:
                 raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(INTEGRATORS)}")
             factory = INTEGRATORS[integrator]
             if constraints is not None and factory not in CONSTRAINED:
                 raise ValueError(f"integrator {integrator!r} does not support constraints; use "
-                                 "'langevin' or 'velocity_verlet'")
+                                 "'langevin' or 'velocity_verlet' (or pass constraints=None to "
+                                 "drop the system's constraints)")
             integrator = factory(potential) if constraints is None else \
                 factory(potential, constraints)
-        elif constraints is not None and integrator.constraints is not constraints:
-            raise ValueError("pass constraints to the integrator factory (e.g. "
-                             "langevin(potential, constraints)) or give the integrator by name")
-        if report_interval < 1 or frames_per_chunk < 1:
-            raise ValueError("report_interval and frames_per_chunk must be >= 1")
+        elif constraints is not None and getattr(integrator, "constraints", None) is None:
+            warnings.warn(
+                f"the system has constraints but the integrator {integrator.name!r} was built "
+                "without them, so they are dropped and constrained bonds will vibrate (and heat "
+                "up at this time step): build it with the system's constraints (e.g. "
+                "langevin(potential, system.constraints())), give the integrator by name, or "
+                "pass constraints=None to drop them on purpose", UnitWarning, stacklevel=2)
+        if not isinstance(report_interval, (int, np.integer)) or report_interval < 1 or \
+                not isinstance(frames_per_chunk, (int, np.integer)) or frames_per_chunk < 1:
+            raise ValueError("report_interval and frames_per_chunk must be integers >= 1, got "
+                             f"{report_interval!r} and {frames_per_chunk!r}")
+        if isinstance(settings, dict):
+            check_settings(system.units, settings, where=f"{integrator.name} settings")
+        self.system, self.units = system, system.units
+        topology = system.topology if system.topology is None or hasattr(
+            system.topology, "n_atoms") else system.mdtraj_topology()
         self.potential, self.integrator = potential, integrator
         self.params = _same_structure(params, params, "params")  # strong dtypes: set_params
         # with a new value then reuses the compiled chunk
@@ -116,7 +146,8 @@ class Simulation:
         self.time = 0.0  # ps, accumulated chunk by chunk with each chunk's own dt
         self.seed = seed
         self.state = integrator.init(jax.random.PRNGKey(seed), positions, params, self.settings,
-                                     masses=masses, velocities=velocities, box=box)
+                                     masses=masses, velocities=velocities,
+                                     box=system.box if box is None else box)
         self.n_atoms = self.state.positions.shape[0]
         f2 = np.sum(np.asarray(self.state.forces, dtype=float) ** 2, axis=-1)
         bad = ~(np.isfinite(f2) & (f2 < self.blowup_force**2))
@@ -137,7 +168,7 @@ class Simulation:
         # fewer, the split costs more than it gains (measured: a 22-atom OBC2 step 0.8 ms on one
         # device, 4 ms split over two; LJ 256 atoms 0.30 vs 0.27 ms, 864 atoms 0.80 vs 0.55 ms).
         self.mesh = parallel.default_mesh() if self.n_atoms > nl.BLOCK else None
-        self._chunk = xla.jit(self._chunk_impl)
+        self._chunk = xla.jit(self._chunk_impl, static_argnames=("n_frames", "interval"))
         self.regrowths = 0
 
     # ---------------------------------------------------------------- numeric knobs
@@ -152,6 +183,7 @@ class Simulation:
         if unknown:
             raise TypeError(f"unknown settings {sorted(unknown)}; known: {sorted(current)}")
         merged = {k: float(values.get(k, v)) for k, v in current.items()}
+        check_settings(self.units, values, where="set_settings")
         self.settings = self.integrator.settings(**merged)
 
     @property
@@ -168,6 +200,12 @@ class Simulation:
     @property
     def steps_per_chunk(self) -> int:
         return self.report_interval * self.frames_per_chunk
+
+    @property
+    def log_columns(self) -> list[str]:
+        """The thermodynamics columns this simulation reports (:data:`LOG_COLUMNS`, plus
+        :data:`MOLECULAR_COLUMNS` in molecular units)."""
+        return LOG_COLUMNS + (MOLECULAR_COLUMNS if self.units == "molecular" else [])
 
     # ---------------------------------------------------------------- compiled chunk
     def _thermo(self, state, params, settings, virial=None):
@@ -192,9 +230,12 @@ class Simulation:
             out["pressure"] = jnp.asarray(jnp.nan, ke.dtype)
         conserved = self.integrator.conserved
         out["conserved"] = conserved(state, settings) if conserved else jnp.asarray(jnp.nan, ke.dtype)
+        if self.units == "molecular":
+            out["temperature"] = out["kT"] / BOLTZMANN
+            out["pressure_bar"] = out["pressure"] * BAR_PER_KJ_MOL_NM3
         return out
 
-    def _chunk_impl(self, state, params, settings):
+    def _chunk_impl(self, state, params, settings, n_frames: int, interval: int):
         step = functools.partial(self.integrator.step, energy=False)
         limit2, move2 = self.blowup_force**2, self.blowup_move**2
 
@@ -212,7 +253,7 @@ class Simulation:
             return (s, bad_step, bad_atoms), None
 
         def frame(carry, _):
-            carry, _ = jax.lax.scan(one, carry, None, length=self.report_interval)
+            carry, _ = jax.lax.scan(one, carry, None, length=interval)
             s, virial, pot = carry[0], None, self.potential
             # the frame's energy (and the virial, in the same pass, for periodic systems)
             if pot.space.periodic:
@@ -225,18 +266,23 @@ class Simulation:
 
         init = (state, jnp.asarray(-1, jnp.int32), jnp.zeros(state.positions.shape[0], bool))
         (state, bad_step, bad_atoms), (pos, boxes, steps, thermo) = jax.lax.scan(
-            frame, init, None, length=self.frames_per_chunk
+            frame, init, None, length=n_frames
         )
         return state, pos, boxes, steps, thermo, bad_step, bad_atoms
 
-    def advance(self) -> Frame:
-        """Run one chunk and return its frames. Regrows overflowing neighbor lists and recomputes
-        the chunk; raises :class:`BlowupError` (after updating nothing) on a blow-up."""
+    def advance(self, n_frames: int | None = None, interval: int | None = None) -> Frame:
+        """Run one chunk and return its frames: ``n_frames`` frames (default
+        ``frames_per_chunk``) of ``interval`` steps (default ``report_interval``); each new pair
+        of lengths compiles once. Regrows overflowing neighbor lists and recomputes the chunk;
+        raises :class:`BlowupError` (after updating nothing) on a blow-up."""
+        n_frames = self.frames_per_chunk if n_frames is None else int(n_frames)
+        interval = self.report_interval if interval is None else int(interval)
         while True:
             start = self.state
             with parallel.use(self.mesh):
                 new, pos, boxes, steps, thermo, bad_step, bad_atoms = self._chunk(
-                    self._placed(start), self.params, self.settings)
+                    self._placed(start), self.params, self.settings, n_frames=n_frames,
+                    interval=interval)
             if bool(overflowed(new.aux)):
                 self.state = replace(start, aux=nl.grow_all(new.aux, start.positions))
                 self.regrowths += 1
@@ -255,7 +301,7 @@ class Simulation:
                             frame.boxes[good])
             raise _blowup(bad_step, atoms, partial, self.blowup_force, self.blowup_move)
         self.state = new
-        self.time += self.steps_per_chunk * self.time_per_step
+        self.time += n_frames * interval * self.time_per_step
         return frame
 
     def _placed(self, state):
@@ -272,41 +318,47 @@ class Simulation:
     def run(self, n_steps: int, *, trajectory: str | None = None, log: str | None = None,
             progress: bool = True, checkpoint: str | None = None, checkpoint_every: int = 0,
             reporters: Sequence[Callable[[Frame], None]] = (), append: bool = False) -> dict:
-        """Advance ``n_steps`` (a multiple of ``report_interval * frames_per_chunk``).
+        """Advance exactly ``n_steps`` steps.
 
-        trajectory: .dcd or .h5 path, frames appended per chunk; log: CSV thermodynamics path;
-        checkpoint: npz path written every ``checkpoint_every`` chunks and at the end;
-        reporters: callables receiving each chunk's :class:`Frame`. Returns the thermodynamics
-        of all reported frames as arrays. Interrupting keeps everything written so far."""
-        per = self.steps_per_chunk
-        if n_steps % per:
-            raise ValueError(
-                f"n_steps={n_steps} is not a multiple of the chunk length {per} "
-                f"(report_interval={self.report_interval} x frames_per_chunk={self.frames_per_chunk})"
-            )
+        Whole chunks run first; a remainder runs as single frames and then as a last stretch of
+        fewer than ``report_interval`` steps that reports no frame (as OpenMM's reporters do),
+        each shape compiled once. trajectory: .dcd or .h5 path, frames appended per chunk;
+        log: CSV thermodynamics path; checkpoint: npz path written every ``checkpoint_every``
+        chunks and at the end; reporters: callables receiving each chunk's :class:`Frame`.
+        Returns the thermodynamics of all reported frames as arrays (:attr:`log_columns`).
+        Interrupting keeps everything written so far."""
+        if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 0:
+            raise ValueError(f"n_steps must be a non-negative integer, got {n_steps!r}")
+        per, every = self.steps_per_chunk, self.report_interval
+        n_chunks, rest = divmod(int(n_steps), per)
+        plan = [(self.frames_per_chunk, every)] * n_chunks + [(1, every)] * (rest // every)
+        if rest % every:
+            plan.append((0, rest % every))  # steps with no reported frame
+        columns = self.log_columns
         writer = logger = bar = None
-        records: dict[str, list] = {c: [] for c in LOG_COLUMNS}
+        records: dict[str, list] = {c: [] for c in columns}
         try:
             if trajectory:
                 top = self.topology if self.topology is not None else placeholder_topology(self.n_atoms)
                 box = np.asarray(self.state.box) if self.potential.space.periodic else None
                 writer = wio.TrajectoryWriter(trajectory, top, box, append=append)
             if log:
-                logger = wio.ThermoLog(log, LOG_COLUMNS, append=append)
+                logger = wio.ThermoLog(log, columns, append=append)
             if progress:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=n_steps, unit="step", leave=False)
-            for i in range(n_steps // per):
+            for i, (frames, interval) in enumerate(plan):
                 try:
-                    frame = self.advance()
+                    frame = self.advance(max(frames, 1), interval)
                 except BlowupError as e:
-                    if e.frames is not None:
+                    if e.frames is not None and frames:
                         self._emit(e.frames, writer, logger, records, reporters)
                     raise
-                self._emit(frame, writer, logger, records, reporters)
+                if frames:
+                    self._emit(frame, writer, logger, records, reporters)
                 if bar is not None:
-                    bar.update(per)
+                    bar.update(max(frames, 1) * interval)
                 if checkpoint and checkpoint_every and (i + 1) % checkpoint_every == 0:
                     self.save_checkpoint(checkpoint)
             if checkpoint:
@@ -324,7 +376,7 @@ class Simulation:
             writer.write(frame.positions, frame.thermo["time"], frame.boxes)
         if logger is not None:
             logger.write(frame.thermo)
-        for k in LOG_COLUMNS:
+        for k in records:
             records[k].extend(np.asarray(frame.thermo[k]).tolist())
         for r in reporters:
             r(frame)
@@ -346,6 +398,72 @@ class Simulation:
                 f"this simulation uses {self.integrator.name} with {self.n_atoms}"
             )
         self.state = state
+
+
+def _looks_molecular(potential) -> bool:
+    """True for potentials imported from a force field (their terms are in molecular units)."""
+    from .potentials.base import Sum
+
+    terms = potential.terms.values() if isinstance(potential, Sum) else (potential,)
+    return any(type(t).__module__.startswith(("workbench.potentials.nonbonded",
+                                              "workbench.potentials.bonded",
+                                              "workbench.potentials.cmap",
+                                              "workbench.forcefield"))
+               for t in terms)
+
+
+def _resolve_system(system, args, *, params, positions, masses, constraints, topology):
+    """(System, constraints, integrator, settings) from either call form of
+    :class:`Simulation`, with the explicit overrides applied (``constraints=None`` drops the
+    system's constraints on purpose)."""
+    if isinstance(system, System):
+        if len(args) != 2:
+            raise TypeError("Simulation(system, integrator, settings, ...): expected the "
+                            f"integrator and settings after the system, got {len(args)} "
+                            "positional arguments (override pieces by keyword: params=, "
+                            "positions=, masses=, constraints=)")
+        integrator, settings = args
+        if masses is None:
+            raise ValueError("masses=None: give masses in amu (or leave masses out to use the "
+                             "system's)")
+        changes = {k: v for k, v in dict(params=params, positions=positions, masses=masses,
+                                         topology=topology).items() if v is not _UNSET}
+        if "positions" in changes:
+            changes["positions"] = np.asarray(changes["positions"], dtype=float)
+        if changes:
+            system = system.replace(**changes)
+        if system.masses_defaulted and system.units == "molecular" and \
+                _looks_molecular(system.potential):
+            warnings.warn("this force-field system's masses were left at their default of 1 "
+                          "amu, so dynamics runs far too fast: give the masses in amu "
+                          "(ForceFieldSystem carries OpenMM's)", UnitWarning, stacklevel=3)
+        cons = system.constraints() if constraints is _UNSET else constraints
+        return system, cons, integrator, settings
+    # the loose form: Simulation(potential, params, integrator, settings, positions)
+    rest = list(args)
+    if params is _UNSET:
+        params = rest.pop(0) if rest else _UNSET
+    integrator = rest.pop(0) if rest else None
+    settings = rest.pop(0) if rest else None
+    if positions is _UNSET:
+        positions = rest.pop(0) if rest else _UNSET
+    if rest or params is _UNSET or positions is _UNSET or integrator is None or settings is None:
+        raise TypeError("Simulation(system, integrator, settings, ...) takes a "
+                        "workbench.System; the older form is Simulation(potential, params, "
+                        "integrator, settings, positions, masses=...)")
+    molecular = _looks_molecular(system)
+    if masses is _UNSET or masses is None:
+        if molecular:
+            warnings.warn("masses not given for a force-field potential: every atom gets 1 amu "
+                          "and dynamics runs far too fast. Pass the System (Simulation(system, "
+                          "integrator, settings)) or masses=system.masses", UnitWarning,
+                          stacklevel=3)
+        masses = None
+    cons = None if constraints is _UNSET else constraints
+    out = System(system, params, np.asarray(positions, dtype=float), masses,
+                 topology=None if topology is _UNSET else topology, constraint_set=cons,
+                 units="molecular" if molecular else "reduced")
+    return out, cons, integrator, settings
 
 
 def _blowup(step: int, atoms: list[int], frames, limit: float, max_move: float) -> BlowupError:

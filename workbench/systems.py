@@ -1,61 +1,18 @@
-"""Ready-made systems: lattices and the Lennard-Jones fluid (LAMMPS ``in.lj``).
-
-A :class:`System` bundles what a simulation needs besides its state: the potential, its
-parameters, masses, the space and an mdtraj topology for writing trajectories.
+"""Ready-made systems: lattices and the Lennard-Jones fluid (LAMMPS ``in.lj``), and the
+project's data folder. The :class:`~workbench.system.System` class itself lives in
+:mod:`workbench.system` (re-exported here).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from . import space as spaces
 from .potentials.pair import PairPotential
+from .system import System, placeholder_topology
 
 __all__ = ["System", "fcc_lattice", "lj_fluid", "fcc_cells_for", "placeholder_topology",
            "data_file"]
-
-
-@dataclass(frozen=True, eq=False)
-class System:
-    """potential: energy model; params: its parameter pytree; positions: (N, 3) nm start
-    structure; masses: (N,) amu; space: boundary conditions; topology: mdtraj.Topology or None
-    (built on demand by :meth:`mdtraj_topology`); element: element symbol for the topology."""
-
-    potential: Any
-    params: Any
-    positions: np.ndarray
-    masses: np.ndarray
-    space: spaces.Space
-    element: str = "Ar"
-    name: str = "LJ"
-
-    @property
-    def n_atoms(self) -> int:
-        return int(self.positions.shape[0])
-
-    def constraints(self):
-        """Distance constraints (None: these systems have none)."""
-        return None
-
-    def mdtraj_topology(self):
-        """One residue per atom, all of ``element`` (mdtraj is imported lazily)."""
-        return placeholder_topology(self.n_atoms, self.element, self.name)
-
-
-def placeholder_topology(n_atoms: int, element: str = "Ar", name: str = "LJ"):
-    """An mdtraj.Topology of ``n_atoms`` unbonded atoms, one residue each: what trajectories of
-    systems without a molecular topology (fluids, landscapes) are written with."""
-    import mdtraj as md
-
-    top = md.Topology()
-    chain = top.add_chain()
-    el = md.element.get_by_symbol(element)
-    for _ in range(n_atoms):
-        top.add_atom(name, el, top.add_residue(name, chain))
-    return top
 
 
 def data_file(name: str) -> str:
@@ -126,4 +83,5 @@ def lj_fluid(
         "lennard_jones", space, cutoff, truncation=truncation, r_switch=r_switch, skin=skin
     )
     params = pot.init_params(sigma=sigma, epsilon=epsilon)
-    return System(pot, params, positions, np.full(n_atoms, float(mass)), space)
+    return System(pot, params, positions, np.full(n_atoms, float(mass)), space,
+                  units="reduced", element="Ar", name="LJ")

@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import space as spaces
 from ..potentials.base import Sum
+from ..system import System
 from ..potentials.bonded import HarmonicAngle, HarmonicBond, PeriodicTorsion
 from ..potentials.nonbonded import METHODS, Nonbonded
 from . import fftypes
@@ -49,46 +50,39 @@ class ForceFieldError(ValueError):
     """Bad force-field input: a missing template, an unreadable file, a box too small."""
 
 
-@dataclass(frozen=True, eq=False)
-class ForceFieldSystem:
-    """A molecular system ready to simulate.
+@dataclass(frozen=True, eq=False, kw_only=True)
+class ForceFieldSystem(System):
+    """A molecular :class:`~workbench.system.System` imported from OpenMM.
 
     potential: :class:`~workbench.potentials.base.Sum` of terms keyed by OpenMM force class
     (with ``_2``... for repeats); params: its per-type parameter pytree; positions (N, 3) nm;
-    masses (N,) amu; space; box (3, 3) nm; force_index: term name -> index of the OpenMM force;
+    masses (N,) amu; space; force_index: term name -> index of the OpenMM force;
     topology: the ``openmm.app.Topology`` (or None); system: the OpenMM ``System`` it came from;
-    constraints: (C, 2) atom pairs and (C,) distances nm from the System; notes: what was
-    skipped and why."""
+    constraint_pairs: (C, 2) atom pairs and constraint_distances (C,) nm from the System;
+    notes: what was skipped and why; forcefield_files: the force-field XML files it was made
+    from (when known: saving and loading regroup parameters by their types). Units are
+    molecular."""
 
-    potential: Sum
-    params: dict
-    positions: np.ndarray
-    masses: np.ndarray
-    space: spaces.Space
-    force_index: dict[str, int]
-    topology: Any = None
+    force_index: dict = field(default_factory=dict)
     system: Any = None
     constraint_pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int32))
     constraint_distances: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    notes: tuple[str, ...] = ()
+    notes: tuple = ()
+    forcefield_files: tuple = ()
 
-    @property
-    def n_atoms(self) -> int:
-        return int(self.positions.shape[0])
+    def to_openmm(self, params=None):
+        """An OpenMM ``System`` with ``params`` (default: the current, possibly fitted, ones)
+        written into its forces (see :func:`workbench.forcefield.export.to_openmm`)."""
+        from .export import to_openmm
 
-    @property
-    def box(self) -> np.ndarray:
-        return np.asarray(self.space.box)
+        return to_openmm(self, params)
 
-    def mdtraj_topology(self):
-        """The topology as an mdtraj.Topology (bonds included), for trajectories and views."""
-        import mdtraj as md
+    def to_xml(self, path: str | None = None, params=None) -> str:
+        """The OpenMM System with the current parameters as XML (``XmlSerializer``), written
+        to ``path`` if given."""
+        from .export import to_xml
 
-        if self.topology is None:
-            from ..systems import placeholder_topology
-
-            return placeholder_topology(self.n_atoms)
-        return md.Topology.from_openmm(self.topology)
+        return to_xml(self, path, params)
 
     def type_names(self, term: str, param: str) -> tuple[str, ...]:
         """Force-field type of each entry of ``params[term][param]`` (e.g. the torsion types of
@@ -112,11 +106,15 @@ class ForceFieldSystem:
     def constraints(self):
         """The System's constraints as a :class:`~workbench.dynamics.constraints.Constraints`
         (rigid waters to SETTLE, the rest to the iterative solver), or None when it has none."""
+        if self.constraint_set is not None:
+            return self.constraint_set
         if self.system is None or self.system.getNumConstraints() == 0:
             return None
         from ..dynamics.constraints import constraints_from_openmm
 
-        return constraints_from_openmm(self.system)
+        cons = constraints_from_openmm(self.system)
+        object.__setattr__(self, "constraint_set", cons)  # a cache: built once per system
+        return cons
 
     def term_energies(self, positions=None, params=None) -> dict[str, float]:
         """Energy of each term (kJ/mol) at ``positions`` (default: the start structure)."""
@@ -357,8 +355,10 @@ def from_system(system, positions, topology=None, *, forcefield=None) -> ForceFi
         pairs.append((i, j))
         dists.append(_value(d, unit.nanometer))
     return ForceFieldSystem(
-        Sum(terms), params, r, masses, space, index, topology, system,
-        np.asarray(pairs, np.int32).reshape(-1, 2), np.asarray(dists, float), tuple(notes))
+        potential=Sum(terms), params=params, positions=r, masses=masses, space=space,
+        topology=topology, units="molecular", name="forcefield", force_index=index,
+        system=system, constraint_pairs=np.asarray(pairs, np.int32).reshape(-1, 2),
+        constraint_distances=np.asarray(dists, float), notes=tuple(notes))
 
 
 def load(pdb: str, forcefield_files=("amber14-all.xml",), **kwargs) -> ForceFieldSystem:
@@ -418,4 +418,5 @@ def from_topology(topology, positions, forcefield_files=("amber14-all.xml",), *,
         system = ff.createSystem(top, **kwargs)
     except ValueError as e:  # missing templates, unknown residues
         raise ForceFieldError(f"{name}: {e}") from e
-    return from_system(system, positions, top, forcefield=ff)
+    out = from_system(system, positions, top, forcefield=ff)
+    return out.replace(forcefield_files=tuple(forcefield_files), name=os.path.basename(name))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..simulate import BlowupError, Simulation, _same_structure
+from ..system import System
 from . import history as hist
 from . import params as pn
 from .observers import Observers
@@ -37,10 +38,9 @@ SESSIONS: weakref.WeakSet = weakref.WeakSet()
 class Session:
     """Live controller of one simulation.
 
-    system: a :class:`~workbench.systems.System` or
-      :class:`~workbench.forcefield.openmm.ForceFieldSystem` (any object with ``potential``,
-      ``params``, ``positions`` (N, 3), ``masses``, ``space``, ``constraints()`` and
-      ``mdtraj_topology()``).
+    system: a :class:`~workbench.system.System` (a
+      :class:`~workbench.forcefield.openmm.ForceFieldSystem` is one): potential, params,
+      positions, masses, constraints, topology and units are read from it.
     integrator: a name in :data:`workbench.simulate.INTEGRATORS` or an Integrator.
     settings: the integrator's numeric settings, e.g. ``dict(dt=0.005, kT=1.0, gamma=1.0)``.
     seed: PRNG seed (velocities, noise). positions / velocities: start state (N, 3), default the
@@ -49,13 +49,20 @@ class Session:
       (structural; a chunk is ``report_interval * frames_per_chunk`` steps). Keep chunks short
       (tens of milliseconds) so controls and slider changes act quickly.
     max_frames: frames kept for replay and export (older ones are dropped; the thermodynamics
-      history keeps every frame). units: ``"molecular"`` or ``"reduced"`` (labels only).
+      history keeps every frame). units: ``"molecular"`` or ``"reduced"`` for the labels
+      (default: the system's).
     """
 
     def __init__(self, system, integrator="langevin", settings: dict | None = None, *,
                  seed: int = 0, positions=None, velocities=None, report_interval: int = 10,
                  frames_per_chunk: int = 1, max_frames: int = 5000, max_records: int = 10_000,
-                 units: str = "molecular", blowup_force: float = 1e8):
+                 units: str | None = None, blowup_force: float = 1e8):
+        if not isinstance(system, System):
+            raise TypeError(f"Session needs a workbench.System (potential, params, masses, "
+                            f"constraints, ...), got {type(system).__name__}: build one with "
+                            "workbench.System(potential, params, positions, masses) or load "
+                            "one (workbench.forcefield.load, workbench.lj_fluid)")
+        units = system.units if units is None else units
         if units not in pn.UNIT_SYSTEMS:
             raise ValueError(f"units must be one of {list(pn.UNIT_SYSTEMS)}, got {units!r}")
         if settings is None:
@@ -82,11 +89,10 @@ class Session:
     def _make_simulation(config: dict, system, positions, velocities) -> Simulation:
         start = system.positions if positions is None else positions
         return Simulation(
-            system.potential, system.params, config["integrator"], config["settings"], start,
-            masses=system.masses, seed=config["seed"], velocities=velocities,
+            system, config["integrator"], config["settings"], positions=start,
+            seed=config["seed"], velocities=velocities,
             report_interval=config["report_interval"],
             frames_per_chunk=config["frames_per_chunk"], blowup_force=config["blowup_force"],
-            constraints=system.constraints() if isinstance(config["integrator"], str) else None,
         )
 
     def _install(self, system, simulation: Simulation) -> None:
@@ -103,7 +109,8 @@ class Session:
 
     def _clear_history(self) -> None:
         self._history = hist.History(self.max_frames, self.max_records,
-                                     int(self.simulation.state.step))
+                                     int(self.simulation.state.step),
+                                     self.simulation.log_columns)
         self.error: BaseException | None = None
         self.error_message = ""
 

@@ -73,10 +73,11 @@ class History:
     newest ``max_records``), the simulated time and a smoothed step rate. ``start_step``: the
     step of the state the history starts from."""
 
-    def __init__(self, max_frames: int, max_records: int, start_step: int):
+    def __init__(self, max_frames: int, max_records: int, start_step: int,
+                 columns: list[str] | None = None):
         self.frames: deque = deque(maxlen=max_frames)
         self.frames_total = 0
-        self.columns = {k: Column() for k in [*LOG_COLUMNS, "chunk"]}
+        self.columns = {k: Column() for k in [*(columns or LOG_COLUMNS), "chunk"]}
         self.records: deque[ChunkRecord] = deque(maxlen=max_records)
         self.chunks_done = 0
         self.time = 0.0
@@ -138,7 +139,7 @@ def export(path: str, frames: np.ndarray, thermo: dict, topology, box,
     log_path = None
     if log is not None:
         log_path = os.path.splitext(path)[0] + ".csv" if log == "auto" else os.fspath(log)
-        logger = wio.ThermoLog(log_path, LOG_COLUMNS)
+        logger = wio.ThermoLog(log_path, [c for c in thermo if c != "chunk"])
         try:
             logger.write(thermo)
         finally:
