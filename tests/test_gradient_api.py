@@ -41,6 +41,10 @@ def test_backprop_matches_finite_differences(x64):
     np.testing.assert_allclose(bp.value, fd.value, rtol=1e-12)
     assert _rel(_leaves(bp.gradient), _leaves(fd.gradient)) < 1e-4
     assert bp.diagnostics["gradient_norm"] > 0
+    # the same gradient with the system answering potential, state and masses
+    via_system = gradient(u_per_atom, system, "backprop", integrator=lang,
+                          settings=dict(dt=0.004, kT=1.2, gamma=1.0), n_steps=60, every=10)
+    np.testing.assert_allclose(_leaves(via_system.gradient), _leaves(bp.gradient), rtol=1e-12)
 
 
 def test_implicit_matches_finite_differences(x64):

@@ -270,3 +270,24 @@ def test_pair_histogram_averages_to_the_rdf():
         obs.pair_histogram(space, [1.0, 0.5])
     with pytest.raises(ValueError, match="periodic"):
         obs.pair_histogram(spaces.free(), edges)
+
+
+def test_rdf_uses_each_frames_box():
+    """A frame scaled with its box (as a barostat does) has the same g(r) at scaled distances,
+    when each frame's box is given; the construction-time box would be wrong for it."""
+    a, cells = 1.6, 4
+    positions = wb.fcc_lattice(cells, a) + 0.05 * np.random.default_rng(3).normal(
+        size=(4 * cells**3, 3))
+    space = spaces.periodic(cells * a)
+    box = np.asarray(space.box, float)
+    _, g0 = obs.radial_distribution(space, positions, r_max=3.0, n_bins=40)
+    s = 1.1
+    _, g1 = obs.radial_distribution(space, s * positions, r_max=3.0 * s, n_bins=40,
+                                    boxes=(s * box)[None])
+    np.testing.assert_allclose(g1, g0, rtol=1e-10, atol=1e-12)
+    # both frames at once: the average of the two
+    _, g2 = obs.radial_distribution(space, np.stack([positions, positions]), r_max=3.0,
+                                    n_bins=40, boxes=np.stack([box, box]))
+    np.testing.assert_allclose(g2, g0, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"boxes must have shape \(1, 3, 3\)"):
+        obs.radial_distribution(space, positions, r_max=3.0, boxes=np.stack([box, box]))

@@ -160,3 +160,28 @@ def test_frames_export_to_pdb(tmp_path, peptide):
     np.testing.assert_allclose(t.xyz, frames, atol=6e-4)
     assert [a.name for a in t.topology.atoms] == \
         [a.name for a in peptide.mdtraj_topology().atoms]
+
+
+def test_fit_takes_a_system_and_returns_the_fitted_one(fluid):
+    from workbench.gradients.fit import fit
+
+    def loss(p):
+        return (p["epsilon"][0] - 1.3) ** 2 + (p["sigma"][0] - 0.9) ** 2
+
+    result = fit(loss, fluid, steps=300, learning_rate=0.02, progress=False)
+    assert result.system is not None and result.system.potential is fluid.potential
+    np.testing.assert_allclose(np.asarray(result.system.params["epsilon"]), [1.3], atol=1e-3)
+    np.testing.assert_allclose(np.asarray(result.system.params["sigma"]), [0.9], atol=1e-3)
+
+
+def test_samplers_take_a_system(peptide, fluid):
+    from workbench.sampling import barostat, montecarlo, replica
+
+    assert integ.langevin(peptide).constraints is peptide.constraints()
+    assert replica.replica_exchange(peptide).integrator.constraints is peptide.constraints()
+    with pytest.raises(ValueError, match="does not support constraints"):
+        integ.brownian(peptide)
+    with pytest.raises(ValueError, match="Monte Carlo moves do not keep constraints"):
+        montecarlo.metropolis(peptide, mode="all")
+    npt = barostat.monte_carlo_barostat(fluid, 1.0)
+    assert npt.potential is fluid.potential

@@ -77,9 +77,8 @@ print(f"left-well fraction: replica exchange {np.mean(x[:, 0] < 0):.2f}, plain M
 T* = 1.5, rho* = 0.8442 (the LAMMPS `in.lj` liquid), cutoff 2.5 sigma. Monte Carlo: every particle in turn is displaced at random and accepted on its *local* energy change, read from the neighbor list (O(neighbours) per move); the step size adapts to the acceptance during equilibration, then is frozen. MD: Langevin at the same temperature. The Monte Carlo 'pressure' column holds only the virial part (velocities are zero), so rho T is added."""),
     code("""T, rho = 1.5, 0.8442
 fluid = wb.lj_fluid(n_atoms=N_ATOMS, density=rho, cutoff=2.5, skin=0.5, truncation="cut")
-mc = montecarlo.metropolis(fluid.potential, mode="single", step_size=0.1)
-sim_mc = Simulation(fluid.potential, fluid.params, mc, dict(kT=T), fluid.positions,
-                    report_interval=10, frames_per_chunk=10, seed=2)
+mc = montecarlo.metropolis(fluid, mode="single", step_size=0.1)
+sim_mc = Simulation(fluid, mc, dict(kT=T), report_interval=10, frames_per_chunk=10, seed=2)
 sim_mc.run(SWEEPS // 3, progress=False)
 sim_mc.state = montecarlo.production(sim_mc.state)
 frames_mc, thermo_mc = [], []
@@ -87,8 +86,8 @@ for _ in range(SWEEPS // 100):
     f = sim_mc.advance()
     frames_mc.append(f.positions)
     thermo_mc.append(f.thermo)
-sim_md = Simulation(fluid.potential, fluid.params, "langevin", dict(dt=0.005, kT=T, gamma=1.0),
-                    fluid.positions, masses=fluid.masses, report_interval=30, frames_per_chunk=10, seed=3)
+sim_md = Simulation(fluid, "langevin", dict(dt=0.005, kT=T, gamma=1.0),
+                    report_interval=30, frames_per_chunk=10, seed=3)
 sim_md.run(1500, progress=False)
 frames_md, thermo_md = [], []
 for _ in range(MD_STEPS // 300):
@@ -115,8 +114,8 @@ Every 25 Langevin steps a random volume change is proposed, with the particles' 
 gas = wb.lj_fluid(n_atoms=n, density=0.45, cutoff=2.5, skin=0.5, truncation="cut")
 full = Sum({"pair": gas.potential, "tail": gas.potential.tail_term(n)})
 npt = barostat.monte_carlo_barostat(full, 1.0775, every=25)
-sim = Simulation(full, {"pair": gas.params, "tail": gas.params}, npt,
-                 dict(dt=0.005, kT=2.0, gamma=1.0), gas.positions, masses=gas.masses,
+with_tail = gas.replace(potential=full, params={"pair": gas.params, "tail": gas.params})
+sim = Simulation(with_tail, npt, dict(dt=0.005, kT=2.0, gamma=1.0),
                  report_interval=25, frames_per_chunk=40, seed=4)
 density = []
 for _ in range(6):

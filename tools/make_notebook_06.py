@@ -62,8 +62,8 @@ observables = {"g": pair_histogram(pot.space, edges), "P": rw.virial_pressure(po
 every = lambda *a: {k: f(*a) for k, f in observables.items()}  # noqa: E731
 
 def md_sampler(values, seed):
-    sim = Simulation(pot, params_of(values), "langevin", dict(dt=0.005, kT=kT, gamma=1.0),
-                     fluid.positions, masses=fluid.masses, seed=seed, report_interval=20,
+    sim = Simulation(fluid, "langevin", dict(dt=0.005, kT=kT, gamma=1.0),
+                     params=params_of(values), seed=seed, report_interval=20,
                      frames_per_chunk=50)
     sim.advance()  # melt the lattice
     return ft.simulation_sampler(sim, FRAMES, equilibrate=1)

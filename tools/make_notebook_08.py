@@ -78,8 +78,9 @@ print(f"growth rate of the gradient: {growth['growth_rate']:.2f} per tau (Lyapun
     md("""## Three estimates of d<U/N>/d epsilon
 
 `gradient(observable, params, method=...)` asks each path for the same quantity. Backprop differentiates the time average of U/N along one trajectory; with `horizon=h` the gradient is cut every h steps. Reweighting uses frames of a long run and the fluctuation formula, with block standard errors."""),
-    code("""sim = Simulation(pot, params, "langevin", dict(dt=DT, kT=kT, gamma=0.5), np.asarray(state.positions),
-                 masses=fluid.masses, seed=1, report_interval=25, frames_per_chunk=FRAMES // 4)
+    code("""sim = Simulation(fluid, "langevin", dict(dt=DT, kT=kT, gamma=0.5),
+                 params=params, positions=state.positions, seed=1, report_interval=25,
+                 frames_per_chunk=FRAMES // 4)
 sim.advance()
 frames = np.concatenate([sim.advance().positions for _ in range(4)])
 samples = rw.Samples.from_frames(frames)

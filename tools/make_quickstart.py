@@ -33,9 +33,10 @@ cells = [
     ),
     nbf.v4.new_markdown_cell("## Langevin dynamics (BAOAB)"),
     nbf.v4.new_code_cell(
-        "sim = wb.Simulation(system.potential, system.params, 'langevin',\n"
-        "                    dict(dt=0.005, kT=KT, gamma=1.0), result.positions,\n"
-        "                    seed=1, report_interval=50, frames_per_chunk=4)\n"
+        "# the system brings potential, params, masses, box and units; positions= overrides one piece\n"
+        "sim = wb.Simulation(system, 'langevin', dict(dt=0.005, kT=KT, gamma=1.0),\n"
+        "                    positions=result.positions, seed=1, report_interval=50,\n"
+        "                    frames_per_chunk=4)\n"
         "frames = []\n"
         "thermo = sim.run(N_STEPS, reporters=[lambda f: frames.append(f.positions)])\n"
         "frames = np.concatenate(frames)\n"

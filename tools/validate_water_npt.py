@@ -45,12 +45,10 @@ def workbench_density(topology, positions, ff_files, cutoff, n_eq, n_run, every,
     system = from_topology(topology, positions, ff_files, nonbonded_method="PME", cutoff=cutoff,
                            constraints="HBonds")
     mass = float(np.sum(system.masses))
-    cons = system.constraints()
-    sampler = bs.monte_carlo_barostat(system.potential, BAR, every=EVERY, constraints=cons)
-    sim = Simulation(system.potential, system.params, sampler,
-                     {"dt": DT, "kT": units.kT_from_kelvin(T_K), "gamma": GAMMA},
-                     system.positions, masses=system.masses, report_interval=every,
-                     frames_per_chunk=max(n_run // every // 10, 1), seed=seed)
+    sampler = bs.monte_carlo_barostat(system, BAR, every=EVERY)
+    sim = Simulation(system, sampler, {"dt": DT, "kT": units.kT_from_kelvin(T_K), "gamma": GAMMA},
+                     report_interval=every, frames_per_chunk=max(n_run // every // 10, 1),
+                     seed=seed)
     sim.run(n_eq, progress=False)
     dens, err = [], 0.0
     for _ in range(10):

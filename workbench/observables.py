@@ -101,9 +101,12 @@ def group_pressure(positions: Array, velocities: Array, forces: Array, masses: A
 
 
 def radial_distribution(space: Space, frames, r_max: float, n_bins: int = 100,
-                        chunk: int = 1024):
+                        chunk: int = 1024, boxes=None):
     """g(r) averaged over frames, for one species. frames: (T, N, 3) or (N, 3) nm in a periodic
-    space. Returns (r bin centres (n_bins,), g (n_bins,)).
+    space; boxes: each frame's box (T, 3, 3) nm (a :class:`~workbench.simulate.Chunk`'s
+    ``boxes``; needed when the box changes, as under a barostat), default ``space``'s box for
+    every frame. Each frame's distances and ideal-gas normalization use its own box. Returns
+    (r bin centres (n_bins,), g (n_bins,)).
 
     Host driver over jitted pair histograms; memory is bounded by ``chunk`` rows at a time."""
     frames = np.asarray(frames)
@@ -113,20 +116,33 @@ def radial_distribution(space: Space, frames, r_max: float, n_bins: int = 100,
         raise ValueError(f"frames must have shape (T, N, 3) or (N, 3), got {frames.shape}")
     if not space.periodic:
         raise ValueError("radial_distribution needs a periodic space (it normalizes by volume)")
-    space.check_cutoff(r_max, "r_max")
+    if not (np.isfinite(r_max) and r_max > 0) or int(n_bins) != n_bins or n_bins < 1:
+        raise ValueError(f"need r_max > 0 and an integer n_bins >= 1, got {r_max}, {n_bins}")
+    if boxes is None:
+        boxes = np.broadcast_to(np.asarray(space.box, float), (len(frames), 3, 3))
+    boxes = np.asarray(boxes, float)
+    if boxes.shape != (len(frames), 3, 3):
+        raise ValueError(f"boxes must have shape ({len(frames)}, 3, 3) (one per frame), got "
+                         f"{boxes.shape}")
     n = frames.shape[1]
-    edges = np.linspace(0.0, r_max, n_bins + 1)
-
-    counts = np.zeros(n_bins)
-    for r in frames:
+    edges = np.linspace(0.0, r_max, int(n_bins) + 1)
+    shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+    g = np.zeros(int(n_bins))
+    checked = set()
+    for r, box in zip(frames, boxes):
+        sp = space.with_box(jnp.asarray(box))
+        key = box.tobytes()
+        if key not in checked:
+            sp.check_cutoff(r_max, "r_max")
+            checked.add(key)
         r = jnp.asarray(r)
+        counts = np.zeros(int(n_bins))
         for start in range(0, n, chunk):
             rows = jnp.arange(start, min(start + chunk, n))
-            counts += np.asarray(_hist_rows(space, r, rows, r_max, n_bins))
-    volume = float(space.volume)
-    shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
-    ideal = shell * (n - 1) / volume * n * frames.shape[0]
-    return 0.5 * (edges[1:] + edges[:-1]), counts / ideal
+            counts += np.asarray(_hist_rows(sp, r, rows, r_max, int(n_bins)))
+        volume = abs(float(np.linalg.det(box)))
+        g += counts / (shell * (n - 1) / volume * n)
+    return 0.5 * (edges[1:] + edges[:-1]), g / len(frames)
 
 
 def pair_histogram(space: Space, edges):

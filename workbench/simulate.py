@@ -36,7 +36,7 @@ from .units import BAR_PER_KJ_MOL_NM3, BOLTZMANN
 
 Array = jax.Array
 
-__all__ = ["Simulation", "BlowupError", "Frame", "INTEGRATORS"]
+__all__ = ["Simulation", "BlowupError", "Chunk", "Frame", "INTEGRATORS"]
 
 INTEGRATORS = {
     "verlet": integ.velocity_verlet,
@@ -65,19 +65,23 @@ class BlowupError(FloatingPointError):
     """The simulation produced non-finite or exploding values. ``step`` and ``atoms`` say
     where; ``frames`` holds the good frames of the failing chunk (written by ``run``)."""
 
-    def __init__(self, message: str, step: int, atoms: list[int], frames: "Frame | None" = None):
+    def __init__(self, message: str, step: int, atoms: list[int], frames: "Chunk | None" = None):
         super().__init__(message)
         self.step, self.atoms, self.frames = step, atoms, frames
 
 
 @dataclass(frozen=True)
-class Frame:
+class Chunk:
     """A chunk's reported frames: positions (F, N, 3) nm, thermodynamics arrays (F,) and the
     box of each frame (F, 3, 3) nm."""
 
     positions: np.ndarray
     thermo: dict[str, np.ndarray]
     boxes: np.ndarray | None = None
+
+
+Frame = Chunk
+"""The old name of :class:`Chunk` (it holds a chunk of frames, not one frame)."""
 
 
 class Simulation:
@@ -270,7 +274,7 @@ class Simulation:
         )
         return state, pos, boxes, steps, thermo, bad_step, bad_atoms
 
-    def advance(self, n_frames: int | None = None, interval: int | None = None) -> Frame:
+    def advance(self, n_frames: int | None = None, interval: int | None = None) -> Chunk:
         """Run one chunk and return its frames: ``n_frames`` frames (default
         ``frames_per_chunk``) of ``interval`` steps (default ``report_interval``); each new pair
         of lengths compiles once. Regrows overflowing neighbor lists and recomputes the chunk;
@@ -293,11 +297,11 @@ class Simulation:
         thermo = {k: np.asarray(v) for k, v in thermo.items()}
         thermo["step"] = steps
         thermo["time"] = self.time + (steps - int(start.step)) * self.time_per_step
-        frame = Frame(np.asarray(pos), thermo, np.asarray(boxes))
+        frame = Chunk(np.asarray(pos), thermo, np.asarray(boxes))
         if bad_step >= 0:
             atoms = np.nonzero(np.asarray(bad_atoms))[0].tolist()
             good = steps < bad_step
-            partial = Frame(frame.positions[good], {k: v[good] for k, v in thermo.items()},
+            partial = Chunk(frame.positions[good], {k: v[good] for k, v in thermo.items()},
                             frame.boxes[good])
             raise _blowup(bad_step, atoms, partial, self.blowup_force, self.blowup_move)
         self.state = new
@@ -317,14 +321,14 @@ class Simulation:
     # ---------------------------------------------------------------- host loop
     def run(self, n_steps: int, *, trajectory: str | None = None, log: str | None = None,
             progress: bool = True, checkpoint: str | None = None, checkpoint_every: int = 0,
-            reporters: Sequence[Callable[[Frame], None]] = (), append: bool = False) -> dict:
+            reporters: Sequence[Callable[[Chunk], None]] = (), append: bool = False) -> dict:
         """Advance exactly ``n_steps`` steps.
 
         Whole chunks run first; a remainder runs as single frames and then as a last stretch of
         fewer than ``report_interval`` steps that reports no frame (as OpenMM's reporters do),
         each shape compiled once. trajectory: .dcd or .h5 path, frames appended per chunk;
         log: CSV thermodynamics path; checkpoint: npz path written every ``checkpoint_every``
-        chunks and at the end; reporters: callables receiving each chunk's :class:`Frame`.
+        chunks and at the end; reporters: callables receiving each chunk's :class:`Chunk`.
         Returns the thermodynamics of all reported frames as arrays (:attr:`log_columns`).
         Interrupting keeps everything written so far."""
         if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 0:
@@ -369,7 +373,7 @@ class Simulation:
                     h.close()
         return {k: np.asarray(v) for k, v in records.items()}
 
-    def _emit(self, frame: Frame, writer, logger, records, reporters):
+    def _emit(self, frame: Chunk, writer, logger, records, reporters):
         if len(frame.positions) == 0:
             return
         if writer is not None:

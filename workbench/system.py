@@ -26,7 +26,7 @@ import numpy as np
 from . import space as spaces
 from . import units as wunits
 
-__all__ = ["System", "UnitWarning", "UNIT_SYSTEMS", "check_settings", "FILE_FORMAT",
+__all__ = ["System", "UnitWarning", "UNIT_SYSTEMS", "check_settings", "unpack", "FILE_FORMAT",
            "KT_LIMIT_MOLECULAR", "DT_LIMIT_MOLECULAR"]
 
 UNIT_SYSTEMS = ("molecular", "reduced")
@@ -231,3 +231,12 @@ def check_settings(units: str, settings: dict, *, where: str = "settings") -> No
             f"{where}: dt={float(dt):g} ps is {float(dt) * 1000:g} fs, longer than molecular "
             f"dynamics can integrate (usually 0.5-4 fs): dt is in ps, so 2 fs is dt=0.002",
             UnitWarning, stacklevel=3)
+
+
+def unpack(model, constraints=None):
+    """(potential, constraints) from a :class:`System` or a bare potential: what integrator and
+    sampler factories accept as their first argument. A system brings its own constraints
+    unless ``constraints`` is given."""
+    if isinstance(model, System):
+        return model.potential, (model.constraints() if constraints is None else constraints)
+    return model, constraints

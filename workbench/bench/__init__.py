@@ -18,5 +18,6 @@ BENCHMARKS = {
     "panels": "live panels: chunk latency and frame rate (workbench.bench.panels)",
     "peptide": "alanine dipeptide in water (PME) and in OBC2 against OpenMM-CPU: ns/day",
     "sampling": "metadynamics overhead, MBAR against pymbar, replica-exchange throughput",
+    "startup": "seconds to the first frame / chunk, cold and with a warm compile cache",
 }
 """Benchmark name -> one-line description (module ``workbench.bench.<name>``)."""

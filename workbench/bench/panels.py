@@ -52,7 +52,7 @@ def lattice_system(n_atoms: int, density: float = 0.8442, cutoff: float = 2.5,
     space = spaces.periodic(length)
     pot = PairPotential("lennard_jones", space, cutoff, truncation="shift", skin=skin)
     return System(pot, pot.init_params(sigma=1.0, epsilon=1.0), positions,
-                  np.ones(n_atoms), space)
+                  np.ones(n_atoms), space, units="reduced")
 
 
 def _warm_up() -> float:

@@ -27,6 +27,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from .. import xla
+from ..system import unpack
 from . import constraints as cons
 from ..neighbors import _check_positions
 from ..potentials.base import Evaluation
@@ -151,6 +152,16 @@ class Integrator:
                 raise ValueError(f"{self.name} setting {k} must be positive and finite, got {v}")
             out[k] = jnp.asarray(v, dtype=jnp.result_type(float))
         return self.settings_class(**out)
+
+
+def _unconstrained(model, name: str):
+    """The potential of ``model`` (a System or a potential) for an integrator without
+    constraint support; a constrained system is refused, naming the alternatives."""
+    potential, constraints = unpack(model)
+    if constraints is not None:
+        raise ValueError(f"{name} does not support constraints and this system has them: use "
+                         "langevin or velocity_verlet, or pass system.potential to drop them")
+    return potential
 
 
 def _kT(settings):
@@ -288,6 +299,7 @@ def velocity_verlet(potential, constraints=None) -> Integrator:
     """Velocity Verlet (NVE). Settings: dt (ps). Conserves kinetic + potential energy with an
     error of order dt^2. With ``constraints`` (:mod:`~workbench.dynamics.constraints`): RATTLE
     (positions projected by SHAKE along the old bond vectors, velocities made tangent)."""
+    potential, constraints = unpack(potential, constraints)
 
     def step(state: MDState, params, s: VerletSettings, *, energy: bool = True) -> MDState:
         inv_m = (1.0 / state.masses)[:, None]
@@ -328,6 +340,7 @@ def langevin(potential, constraints=None) -> Integrator:
     (g-BAOAB with one projection per drift) of Leimkuhler and Matthews (2016): velocities made
     tangent after the kick and after the noise, positions projected (SHAKE/SETTLE) after each
     half drift with the projection's displacement folded back into the velocities. 2 fs steps."""
+    potential, constraints = unpack(potential, constraints)
 
     def step(state: MDState, params, s: LangevinSettings, *, energy: bool = True) -> MDState:
         inv_m = (1.0 / state.masses)[:, None]
@@ -399,6 +412,7 @@ def nose_hoover_chain(potential, chain_length: int = 3) -> Integrator:
     Settings: dt (ps), kT (kJ/mol), tau (thermostat period, ps; 0.1-1 ps is typical).
     ``chain_length`` is structural. The extended energy (:attr:`Integrator.conserved`) is
     conserved to order dt^2."""
+    potential = _unconstrained(potential, "nose_hoover_chain")
     if chain_length < 1:
         raise ValueError(f"chain_length must be >= 1, got {chain_length}")
 
@@ -438,6 +452,7 @@ def brownian(potential) -> Integrator:
     """Overdamped Langevin (Brownian) dynamics, Euler-Maruyama:
     r += dt F / (m gamma) + sqrt(2 kT dt / (m gamma)) xi. Settings: dt (ps), kT (kJ/mol),
     gamma (1/ps). ``velocities`` holds the drift-plus-noise displacement divided by dt."""
+    potential = _unconstrained(potential, "brownian")
 
     def step(state: MDState, params, s: BrownianSettings, *, energy: bool = True) -> MDState:
         key, noise_key = jax.random.split(state.key)

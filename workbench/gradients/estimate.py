@@ -122,6 +122,38 @@ def _value_and_info(observable: Observable, method: str, options: dict):
     raise ValueError(f"value_function: method must be 'backprop' or 'implicit', got {method!r}")
 
 
+def _system_options(system, method: str | None, options: dict) -> dict:
+    """``options`` completed from ``system`` (see :func:`gradient`)."""
+    from ..dynamics.integrators import Integrator
+    from ..simulate import INTEGRATORS
+    from ..system import check_settings
+
+    o = {k: v for k, v in options.items() if v is not None}
+    seed = int(o.pop("seed", 0))
+    if method in ("reweight", "implicit"):
+        o.setdefault("potential", system.potential)
+    if method == "implicit":
+        o.setdefault("positions", system.positions)
+        if system.box is not None:
+            o.setdefault("box", jnp.asarray(system.box))
+    if method == "backprop":
+        integ = o.get("integrator")
+        if isinstance(integ, str):
+            if integ not in INTEGRATORS:
+                raise ValueError(f"unknown integrator {integ!r}; choose one of "
+                                 f"{sorted(INTEGRATORS)}")
+            integ = o["integrator"] = INTEGRATORS[integ](system)
+        settings = o.get("settings")
+        if isinstance(settings, dict):
+            check_settings(system.units, settings, where="gradient settings")
+            if isinstance(integ, Integrator):
+                settings = o["settings"] = integ.settings(**settings)
+        if "state" not in o and isinstance(integ, Integrator) and settings is not None:
+            o["state"] = integ.init(jax.random.PRNGKey(seed), system.positions, system.params,
+                                    settings, masses=system.masses, box=system.box)
+    return o
+
+
 def _jacobian(fn, params):
     """(value, d value/d params, info) of ``fn(params) -> (value, info)``."""
     value, _ = jax.eval_shape(fn, params)
@@ -165,6 +197,12 @@ def gradient(observable: Observable, params, method: str = "reweight", *, of: st
              h: float = 1e-5, **options) -> Gradient:
     """d(observable)/d(params) by ``method`` (see the module table). Host side.
 
+    ``params`` may be a :class:`~workbench.system.System`: its params are differentiated, and
+    it answers the options below that it can (``potential``, ``positions``, ``box``; for
+    backprop an ``integrator`` given by name, e.g. "langevin", is built with the system's
+    constraints, and ``state`` defaults to a start from the system's positions and masses with
+    ``seed`` (default 0)). Explicit options win.
+
     Options by method (unknown ones raise):
 
     * backprop: ``integrator``, ``state`` (from ``integrator.init``), ``settings``,
@@ -182,6 +220,13 @@ def gradient(observable: Observable, params, method: str = "reweight", *, of: st
     """
     if method not in METHODS:
         raise ValueError(f"unknown gradient method {method!r}; choose one of {METHODS}")
+    from ..system import System
+
+    if isinstance(params, System):
+        params, options = params.params, _system_options(
+            params, of if method == "finite_difference" else method, options)
+    elif "seed" in options:
+        raise TypeError("seed= is for gradient(observable, system, 'backprop', ...)")
     if method == "finite_difference":
         if of not in ("backprop", "implicit"):
             raise ValueError("method='finite_difference' differences a value computed by "

@@ -56,6 +56,8 @@ class FitResult:
     steps: int = 0
     interrupted: bool = False
     resampled: list = field(default_factory=list)
+    system: Any = None
+    """The fitted :class:`~workbench.system.System` (best params), when ``fit`` was given one."""
 
 
 def param_names(params) -> list[str]:
@@ -226,8 +228,18 @@ def fit(objective, params, *, steps: int = 100, optimizer=None, learning_rate: f
     checkpoint: an .npz path written every ``checkpoint_every`` steps, at the end and on an
     interrupt, and read at the start when ``resume``; log: a CSV file, one row per step;
     callback(step, params, loss, metrics): return True to stop. A KeyboardInterrupt stops the
-    loop after saving (``interrupted`` in the result), so the next call resumes."""
+    loop after saving (``interrupted`` in the result), so the next call resumes.
+
+    ``params`` may be a :class:`~workbench.system.System`: its params are fitted and the result's
+    ``system`` is the system with the best ones (``result.system.to_xml(...)`` exports a fitted
+    force field)."""
     import optax
+
+    from ..system import System
+
+    system = params if isinstance(params, System) else None
+    if system is not None:
+        params = system.params
 
     opt = optimizer if optimizer is not None else optax.adam(learning_rate)
     tree, lo, hi = _bounds_arrays(params, bounds)
@@ -314,7 +326,8 @@ def fit(objective, params, *, steps: int = 100, optimizer=None, learning_rate: f
         if log_file is not None:
             log_file.close()
     return FitResult(params=params, best_params=best, best_loss=best_loss, history=history,
-                     steps=step, interrupted=interrupted, resampled=resampled)
+                     steps=step, interrupted=interrupted, resampled=resampled,
+                     system=None if system is None else system.replace(params=best))
 
 
 # --- objectives --------------------------------------------------------------------------------

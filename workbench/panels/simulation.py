@@ -43,38 +43,57 @@ def structure_pdb(session, positions=None) -> str:
 
 
 class ThermoFigure:
-    """Three stacked axes (energies per atom, temperature, pressure) drawn with matplotlib's
-    Agg canvas (no pyplot, no global backend) and returned as PNG bytes."""
+    """Stacked axes (energies per atom, temperature, pressure) drawn with matplotlib's Agg
+    canvas (no pyplot, no global backend) and returned as PNG bytes. In molecular units the
+    temperature is in K (kT in kJ/mol on the right-hand axis) and the pressure in bar; without
+    a pressure (free space: ``pressure=False``) its axes are left out rather than drawn empty."""
 
     def __init__(self, units: str = "molecular", width_px: int = 430, height_px: int = 380,
-                 dpi: int = 80):
+                 dpi: int = 80, pressure: bool = True):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
+        from ..units import BOLTZMANN
+
         u = UNITS[units]
+        molecular = units == "molecular"
         self.fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, layout="constrained")
         FigureCanvasAgg(self.fig)
-        self.ax_e, self.ax_t, self.ax_p = self.fig.subplots(3, 1, sharex=True)
+        axes = self.fig.subplots(3 if pressure else 2, 1, sharex=True)
+        self.ax_e, self.ax_t = axes[0], axes[1]
+        self.ax_p = axes[2] if pressure else None
+        t_col = "temperature" if molecular else "kT"
+        p_col = "pressure_bar" if molecular else "pressure"
         self.lines = {
             "potential": self.ax_e.plot([], [], lw=1.2, label="potential")[0],
             "kinetic": self.ax_e.plot([], [], lw=1.2, label="kinetic")[0],
             "total": self.ax_e.plot([], [], lw=1.2, label="total")[0],
-            "kT": self.ax_t.plot([], [], lw=1.2, color="C3")[0],
-            "pressure": self.ax_p.plot([], [], lw=1.2, color="C4")[0],
+            t_col: self.ax_t.plot([], [], lw=1.2, color="C3")[0],
         }
+        if pressure:
+            self.lines[p_col] = self.ax_p.plot([], [], lw=1.2, color="C4")[0]
         self.markers = [ax.axvline(0.0, color="0.4", lw=0.8, ls="--", visible=False)
-                        for ax in (self.ax_e, self.ax_t, self.ax_p)]
+                        for ax in axes]
         self.ax_e.set_ylabel(f"E / atom ({u['energy']})")
         self.ax_e.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=7, ncol=3,
                          frameon=False, borderaxespad=0.1)
-        self.ax_t.set_ylabel(f"kT ({u['energy']})")
-        self.ax_p.set_ylabel(f"P ({u['energy']}/{u['length']}³)")
-        self.ax_p.set_xlabel(f"time ({u['time']})")
-        for ax in (self.ax_e, self.ax_t, self.ax_p):
+        if molecular:
+            self.ax_t.set_ylabel("T (K)")
+            kt = self.ax_t.secondary_yaxis(
+                "right", functions=(lambda t: t * BOLTZMANN, lambda e: e / BOLTZMANN))
+            kt.set_ylabel(f"kT ({u['energy']})", fontsize=7)
+            kt.tick_params(labelsize=7)
+        else:
+            self.ax_t.set_ylabel(f"kT ({u['energy']})")
+        if pressure:
+            self.ax_p.set_ylabel("P (bar)" if molecular else
+                                 f"P ({u['energy']}/{u['length']}³)")
+        axes[-1].set_xlabel(f"time ({u['time']})")
+        self._axes = tuple(axes)
+        for ax in self._axes:
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-
-    columns = ("time", "potential", "kinetic", "total", "kT", "pressure")
+        self.columns = ("time", *self.lines)
 
     def update(self, thermo: dict, n_atoms: int, marker_time: float | None = None) -> bytes:
         """Set the lines from ``thermo`` (arrays of equal length) and return a PNG."""
@@ -88,7 +107,7 @@ class ThermoFigure:
             m.set_visible(marker_time is not None)
             if marker_time is not None:
                 m.set_xdata([marker_time, marker_time])
-        for ax in (self.ax_e, self.ax_t, self.ax_p):
+        for ax in self._axes:
             ax.relim(visible_only=True)
             ax.autoscale_view()
         buf = io.BytesIO()
@@ -134,7 +153,8 @@ class SimulationPanel(widgets.VBox):
         self.water_toggle.add_class("wb-water-toggle")
         self.water_toggle.observe(self._on_water_toggle, "value")
         self.view = self._make_view()
-        self._figure = ThermoFigure(session.units, width_px=430, height_px=height)
+        self._figure = ThermoFigure(session.simulation.units, width_px=430, height_px=height,
+                                    pressure=bool(session.system.space.periodic))
         self.plot = widgets.Image(format="png", layout=widgets.Layout(width="430px"))
         self.plot.add_class("wb-plot")
         self.plot_label = widgets.HTML()

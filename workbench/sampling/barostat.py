@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..dynamics import integrators as integ
+from ..system import unpack
 
 Array = jax.Array
 
@@ -81,7 +82,8 @@ def scale_groups(positions: Array, masses: Array, groups: Array, n_groups: int,
 def monte_carlo_barostat(potential, pressure: float, *, integrator: str = "langevin",
                          every: int = 25, max_dv: float | None = None, anisotropic: bool = False,
                          groups=None, constraints=None) -> Barostat:
-    """NPT: ``integrator`` ("langevin" or "brownian", with ``constraints``) on ``potential`` plus
+    """NPT: ``integrator`` ("langevin" or "brownian", with ``constraints``) on ``potential`` (or a
+    :class:`~workbench.system.System`, which brings its constraints) plus
     a Monte Carlo volume move every ``every`` steps at ``pressure``.
 
     groups: (N,) group index of each atom (atoms of a group move rigidly); default: atoms joined
@@ -90,6 +92,7 @@ def monte_carlo_barostat(potential, pressure: float, *, integrator: str = "lange
     time (chosen at random)."""
     from ..observables import rigid_groups
 
+    potential, constraints = unpack(potential, constraints)
     if not potential.space.periodic:
         raise ValueError("a barostat needs a periodic space (the box it scales)")
     if anisotropic and potential.space.kind != "periodic":

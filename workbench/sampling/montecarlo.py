@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..dynamics import integrators as integ
+from ..system import unpack
 
 Array = jax.Array
 
@@ -81,7 +82,13 @@ def metropolis(potential, *, mode: str = "single", step_size: float = 0.1, targe
 
     mode: "single", "all" or "hybrid". step_size: first displacement half-width (nm) or, for
     hybrid, time step (ps). target: acceptance the step size adapts to (default 0.4; 0.7 suits
-    hybrid). n_steps: velocity-Verlet steps per hybrid move (structural)."""
+    hybrid). n_steps: velocity-Verlet steps per hybrid move (structural). ``potential`` may be
+    a :class:`~workbench.system.System` without constraints (moves would break them)."""
+    potential, constraints = unpack(potential)
+    if constraints is not None:
+        raise ValueError("Monte Carlo moves do not keep constraints and this system has them: "
+                         "sample it with langevin dynamics, or pass system.potential to drop "
+                         "them")
     if mode not in ("single", "all", "hybrid"):
         raise ValueError(f"mode must be 'single', 'all' or 'hybrid', got {mode!r}")
     if mode == "single" and not hasattr(potential, "atom_energy"):

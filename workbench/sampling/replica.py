@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import neighbors as nl
 from ..dynamics import integrators as integ
+from ..system import unpack
 from . import batch
 
 Array = jax.Array
@@ -207,7 +208,9 @@ def _n_replicas(settings) -> int:
 def replica_exchange(potential, *, integrator: str = "langevin", exchange_every: int = 100,
                      constraints=None) -> ReplicaExchange:
     """Replica exchange of ``potential`` with a thermostatted ``integrator`` ("langevin" or
-    "brownian"); swaps attempted every ``exchange_every`` steps (structural)."""
+    "brownian"); swaps attempted every ``exchange_every`` steps (structural). ``potential`` may
+    be a :class:`~workbench.system.System` (its constraints come along)."""
+    potential, constraints = unpack(potential, constraints)
     factories = {"langevin": integ.langevin, "brownian": integ.brownian}
     if integrator not in factories:
         raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(factories)}")

@@ -86,7 +86,7 @@ class History:
 
     def append(self, frame, used_params: dict, used_settings: dict, seconds: float,
                compile_count: int, dt: float) -> FrameBatch:
-        """Record one chunk's :class:`~workbench.simulate.Frame` and return its batch."""
+        """Record one chunk's :class:`~workbench.simulate.Chunk` and return its batch."""
         pos = np.asarray(frame.positions)
         steps = np.asarray(frame.thermo["step"]).astype(np.int64)
         first = self.frames_total
