@@ -10,9 +10,9 @@ import pytest
 
 from workbench import space as spaces
 from workbench.potentials.bonded import dihedral_angles
+from workbench.forcefield.cmap import from_openmm_force
 from workbench.potentials.cmap import (
     CMAPTorsion,
-    from_openmm_force,
     map_from_openmm,
     map_to_openmm,
     periodic_spline_derivative_matrix,

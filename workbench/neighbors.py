@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import listbuild, parallel
-from .space import Space
+from .space import Space, box_volume
 
 Array = jax.Array
 
@@ -175,7 +175,7 @@ def _build(space: Space, positions: Array, nbrs: NeighborList) -> NeighborList:
 
 def _cells_too_narrow(box: Array, grid, list_cutoff: float) -> Array:
     a, b, c = box[0], box[1], box[2]
-    vol = jnp.abs(jnp.linalg.det(box))
+    vol = box_volume(box)
     widths = vol / jnp.stack(
         [jnp.linalg.norm(jnp.cross(b, c)), jnp.linalg.norm(jnp.cross(c, a)),
          jnp.linalg.norm(jnp.cross(a, b))]

@@ -29,6 +29,7 @@ import numpy as np
 from . import io as wio
 from . import neighbors as nl
 from . import observables, parallel, xla
+from .space import box_volume
 from .dynamics import integrators as integ
 from .potentials.base import overflowed
 from .system import System, UnitWarning, check_settings, placeholder_topology
@@ -223,7 +224,7 @@ class Simulation:
         if self.potential.space.periodic:
             w = (self.potential.virial(state.positions, params, state.aux, state.box)
                  if virial is None else virial)
-            volume = jnp.abs(jnp.linalg.det(state.box))
+            volume = box_volume(state.box)
             if self._groups is None:
                 out["pressure"] = observables.pressure(state.velocities, state.masses, w, volume)
             else:

@@ -53,7 +53,7 @@ class Space:
         """Box volume (nm^3). Infinite for free space."""
         if not self.periodic:
             return jnp.asarray(jnp.inf)
-        return jnp.abs(jnp.linalg.det(self.box))
+        return box_volume(self.box)
 
     def perpendicular_widths(self) -> np.ndarray:
         """Distances between opposite faces, (3,) nm, computed on the host (for validation)."""
@@ -154,6 +154,12 @@ class Space:
                 f"convention would miss or double-count pairs. Use a larger box (more particles "
                 f"or lower density) or a shorter {what}."
             )
+
+
+def box_volume(box) -> Array:
+    """Volume (nm^3) of box vectors ``box`` (..., 3, 3) (rows): |det box|. The one formula for
+    every volume in the package (pressures, densities, barostat moves, g(r) normalization)."""
+    return jnp.abs(jnp.linalg.det(box))
 
 
 def free(dimension: int = 3) -> Space:

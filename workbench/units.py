@@ -9,6 +9,14 @@ BAR_PER_KJ_MOL_NM3 = 16.605390671738466
 """1 kJ/mol/nm^3 in bar."""
 
 
+def strip(q, unit=None):
+    """The value of an OpenMM ``Quantity`` in ``unit`` (its own unit when None), or ``q`` as it
+    is when it carries no unit: the one place where OpenMM's units are taken off."""
+    if hasattr(q, "value_in_unit"):
+        return q.value_in_unit(unit) if unit is not None else q._value
+    return q
+
+
 def kT_from_kelvin(temperature: float) -> float:
     """kT (kJ/mol) at ``temperature`` (K)."""
     return BOLTZMANN * temperature

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import space as spaces
+from ..units import strip
 from ..potentials.pairloop import (CutoffPairTerm, block_virial, energy_and_forces,
                                    finish_virial, pair_blocks, row_forces)
 from ..space import Space
@@ -408,13 +409,11 @@ def from_openmm_force(force, space: Space, labels=None) -> tuple[CustomNonbonded
     v = np.asarray(vals, float).reshape(n, len(per))[first]
     layout = ParameterLayout(tuple(per), tuple(glob), tuple(expression.tables), len(names),
                              {k: t.shape for k, t in expression.tables.items()})
-    cutoff = force.getCutoffDistance()
-    cutoff = float(cutoff.value_in_unit(unit.nanometer) if hasattr(cutoff, "value_in_unit")
-                   else cutoff)
+    cutoff = float(strip(force.getCutoffDistance(), unit.nanometer))
     switch = None
     if method != "NoCutoff" and force.getUseSwitchingFunction():
         s = force.getSwitchingDistance()
-        switch = float(s.value_in_unit(unit.nanometer) if hasattr(s, "value_in_unit") else s)
+        switch = float(strip(s, unit.nanometer))
     lrc = bool(force.getUseLongRangeCorrection()) and method == "CutoffPeriodic"
     if lrc and "r" not in expression.variables:
         raise unsupported(owner, "the long-range correction needs an energy that depends on r",

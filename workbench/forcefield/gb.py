@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import space as spaces
 from .. import units
+from ..units import strip
 from . import fftypes
 from .gbterm import KINDS, METHODS, Computation, CustomGB
 
@@ -43,7 +44,7 @@ def _unsupported(message: str):
 def _nm(q) -> float:
     from openmm import unit
 
-    return float(q.value_in_unit(unit.nanometer)) if hasattr(q, "value_in_unit") else float(q)
+    return float(strip(q, unit.nanometer))
 
 
 def _types(values: list[tuple], labels) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
@@ -215,11 +216,9 @@ def from_gbsaobc_force(force, space, labels=None):
     pvals = []
     for i in range(force.getNumParticles()):
         q, radius, scale = force.getParticleParameters(i)
-        q = q.value_in_unit(unit.elementary_charge) if hasattr(q, "value_in_unit") else q
+        q = strip(q, unit.elementary_charge)
         pvals.append((float(q), _nm(radius), float(scale)))
-    sa = force.getSurfaceAreaEnergy()
-    if hasattr(sa, "value_in_unit"):
-        sa = sa.value_in_unit(unit.kilojoule_per_mole / unit.nanometer**2)
+    sa = strip(force.getSurfaceAreaEnergy(), unit.kilojoule_per_mole / unit.nanometer**2)
     gnames = ["soluteDielectric", "solventDielectric", "surfaceAreaEnergy"]
     gvals = [float(force.getSoluteDielectric()), float(force.getSolventDielectric()), float(sa)]
     values, energies = obc_computations(cutoff)

@@ -8,7 +8,7 @@ through ``openmm.app.ForceField``, exactly as an OpenMM user would, and keeps th
 
 Supported: HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce, NonbondedForce (all
 methods but LJPME; exceptions, switching, dispersion correction, reaction field), and through
-plugins (:func:`converters`): CMAPTorsionForce (:mod:`workbench.potentials.cmap`), the custom
+plugins (:func:`converters`): CMAPTorsionForce (:mod:`.cmap`), the custom
 forces CustomBond/Angle/Torsion/External/CompoundBond/Nonbonded (:mod:`.custom`), CustomGBForce
 and GBSAOBCForce (:mod:`.gb`). CMMotionRemover is skipped (workbench integrators conserve or
 thermostat momentum themselves; noted in :attr:`ForceFieldSystem.notes`). Anything else raises
@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import space as spaces
+from ..units import strip
 from ..potentials.base import Sum
 from ..system import System
 from ..potentials.bonded import HarmonicAngle, HarmonicBond, PeriodicTorsion
@@ -127,9 +128,7 @@ class ForceFieldSystem(System):
 # ---------------------------------------------------------------------------- helpers
 def _value(q, unit=None) -> float:
     """A plain float from an OpenMM Quantity (in ``unit``) or a number."""
-    if hasattr(q, "value_in_unit"):
-        return float(q.value_in_unit(unit) if unit is not None else q._value)
-    return float(q)
+    return float(strip(q, unit))
 
 
 def _space_for(system) -> spaces.Space:
@@ -281,7 +280,7 @@ _CONVERTERS = {
     "HarmonicAngleForce": _angles,
     "PeriodicTorsionForce": _torsions,
 }
-_PLUGINS = ("workbench.potentials.cmap", "workbench.forcefield.custom", "workbench.forcefield.gb")
+_PLUGINS = ("workbench.forcefield.cmap", "workbench.forcefield.custom", "workbench.forcefield.gb")
 """Modules whose ``CONVERTERS`` dict (OpenMM force class -> ``converter(force, space, labels)
 -> (term, params)``) extends the table above; each is imported when present."""
 

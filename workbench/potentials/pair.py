@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import neighbors as nl
 from .. import xla
-from ..space import Space
+from ..space import Space, box_volume
 from .base import EnergyTerm, Evaluation, NeighborSpec
 from .pairloop import as_list, energy_and_forces, pair_blocks, row_forces
 
@@ -498,7 +498,7 @@ class PairPotential(EnergyTerm):
         from .base import FunctionPotential
 
         def energy(positions, params, box):
-            return self.tail_correction(params, n_particles, jnp.abs(jnp.linalg.det(box)))[0]
+            return self.tail_correction(params, n_particles, box_volume(box))[0]
 
         return FunctionPotential(energy, space=self.space, takes_box=True)
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..dynamics import integrators as integ
+from ..space import box_volume
 from ..system import unpack
 
 Array = jax.Array
@@ -65,8 +66,8 @@ class Barostat(integ.Integrator):
     anisotropic: bool = False
 
 
-def volume(box: Array) -> Array:
-    return jnp.abs(jnp.linalg.det(box))
+volume = box_volume
+"""Box volume (nm^3): :func:`workbench.space.box_volume`."""
 
 
 def scale_groups(positions: Array, masses: Array, groups: Array, n_groups: int,
