@@ -22,6 +22,12 @@ frame's weight toward the unbiased ensemble, e.g. (V_bias(s_i, t_i) - c(t_i)) / 
 :func:`workbench.sampling.metadynamics.rct`. The Kish effective sample size
 (sum w)^2 / sum w^2 says how many frames the estimate rests on; :func:`ensemble_gradient`
 warns when it is small, and gives block-averaged standard errors.
+
+Every entry point checks its frames first (:func:`check_samples`; shapes are static, so under
+``jit`` too): frame counts of positions, box and log_weight agree, and the atom count matches
+what the potential and the neighbor-list template were built for; a mismatch raises
+:class:`FrameMismatchError` (JAX would otherwise clamp out-of-range atom indices and return a
+number). Non-finite values and kT <= 0 raise ValueError when the inputs are concrete.
 """
 
 from __future__ import annotations
@@ -40,8 +46,8 @@ from ..potentials.base import overflowed
 
 Array = jax.Array
 
-__all__ = ["Samples", "Reweighted", "GradientEstimate", "LowESSWarning", "log_weights",
-           "reweighted_average",
+__all__ = ["Samples", "Reweighted", "GradientEstimate", "LowESSWarning", "FrameMismatchError",
+           "check_samples", "log_weights", "reweighted_average",
            "frame_values", "frame_derivatives", "ensemble_gradient", "fit_template",
            "potential_energy", "virial_pressure"]
 
@@ -51,6 +57,12 @@ Observable = Callable[[Array, Any, Any, Any], Array]
 
 class LowESSWarning(UserWarning):
     """The reweighted estimate rests on few effective samples."""
+
+
+class FrameMismatchError(ValueError):
+    """Frames that do not fit together or do not fit the potential: frame counts of positions,
+    box and log_weight differ, or the atom count is not the one the potential (per-atom types,
+    bonded indices) or its neighbor-list template was built for."""
 
 
 @jax.tree_util.register_dataclass
@@ -110,6 +122,89 @@ class Reweighted:
     overflow: Array
 
 
+def _atom_counts(potential, aux) -> tuple[dict[str, int], dict[str, int]]:
+    """What the potential says about the atom count: ({source: exact N}, {source: minimum N})
+    from a declared ``n_atoms``, per-atom type arrays, bonded/pair index arrays, and the
+    neighbor lists in ``aux``."""
+    from ..potentials.bonded import BondedTerm
+    from ..potentials.pair import PairPotential
+
+    exact: dict[str, int] = {}
+    least: dict[str, int] = {}
+
+    def visit(term, path):
+        n = getattr(term, "n_atoms", None)
+        if isinstance(n, (int, np.integer)):
+            exact[f"{path}.n_atoms"] = int(n)
+        if isinstance(term, PairPotential) and term.types is not None:
+            exact[f"{path}.types"] = len(term.types)
+        for name in ("charge_types", "lj_types", "particle_types"):
+            a = getattr(term, name, None)
+            if isinstance(a, np.ndarray) and a.ndim == 1:
+                exact[f"{path}.{name}"] = len(a)
+        names = ("indices",) if isinstance(term, BondedTerm) else ()
+        for name in names + ("exclusions", "scaled_pairs", "fixed_pairs"):
+            a = getattr(term, name, None)
+            if isinstance(a, np.ndarray) and a.size and a.dtype.kind in "iu":
+                least[f"{path}.{name}"] = int(a.max()) + 1
+        for key, sub in (getattr(term, "terms", None) or {}).items():
+            visit(sub, f"{path}.terms[{key!r}]")
+
+    visit(potential, "potential")
+    lists = jax.tree_util.tree_leaves(aux, is_leaf=lambda x: isinstance(x, nl.NeighborList))
+    for i, a in enumerate(x for x in lists if isinstance(x, nl.NeighborList)):
+        exact[f"aux neighbor list {i}"] = int(a.n_atoms)
+    return exact, least
+
+
+def check_samples(potential, samples: "Samples", aux=None, kT=None, *,
+                  values: bool = False) -> "Samples":
+    """Check frames before reweighting (every entry point calls it): ``samples`` is a
+    :class:`Samples` whose positions (F, N, 3), box (F, 3, 3) and log_weight (F,) agree, and N
+    is the atom count of ``potential`` and of the lists in ``aux``
+    (:class:`FrameMismatchError` otherwise; static shapes, so under jit too); a concrete
+    ``kT`` must be finite and > 0. ``values``: also require finite positions and log weights
+    when concrete (host side: :func:`ensemble_gradient`; :meth:`Samples.from_frames` checks
+    them once at construction)."""
+    if not isinstance(samples, Samples):
+        raise TypeError(f"samples must be a workbench.gradients.reweight.Samples (build it with "
+                        f"Samples.from_frames(positions, box, log_weight)), got "
+                        f"{type(samples).__name__}")
+    shape = np.shape(samples.positions)
+    if len(shape) != 3 or shape[2] != 3 or shape[0] < 1:
+        raise FrameMismatchError(f"samples.positions must be (F, N, 3) nm frames, got {shape}")
+    f, n = shape[0], shape[1]
+    if np.shape(samples.log_weight) != (f,):
+        raise FrameMismatchError(f"samples.log_weight has shape {np.shape(samples.log_weight)} "
+                                 f"but there are {f} frames: it needs one log weight per frame")
+    if samples.box is not None and np.shape(samples.box) != (f, 3, 3):
+        raise FrameMismatchError(f"samples.box has shape {np.shape(samples.box)}; it needs one "
+                                 f"(3, 3) box per frame: ({f}, 3, 3)")
+    exact, least = _atom_counts(potential, aux)
+    for source, m in exact.items():
+        if m != n:
+            raise FrameMismatchError(f"the frames have {n} atoms but {source} is for {m} atoms: "
+                                     "pass frames of this system (or rebuild the potential / "
+                                     "neighbor-list template for these frames)")
+    for source, m in least.items():
+        if n < m:
+            raise FrameMismatchError(f"the frames have {n} atoms but {source} refers to atom "
+                                     f"{m - 1}: pass frames of this system")
+    if kT is not None and not isinstance(kT, jax.core.Tracer):
+        k = np.asarray(kT)
+        if k.ndim != 0 or k.dtype.kind not in "iuf" or not (np.isfinite(k) and k > 0):
+            raise ValueError(f"kT must be a finite number > 0 (kJ/mol), got {kT!r}")
+    if values and not any(isinstance(x, jax.core.Tracer)
+                          for x in (samples.positions, samples.log_weight)):
+        ok = np.isfinite(np.asarray(samples.positions)).all(axis=(1, 2))
+        if not ok.all():
+            raise ValueError(f"samples.positions contain non-finite values (frame "
+                             f"{int(np.argmin(ok))})")
+        if not np.all(np.isfinite(np.asarray(samples.log_weight))):
+            raise ValueError("samples.log_weight contains non-finite values")
+    return samples
+
+
 def _fresh(potential, positions, aux, box):
     """``aux`` with every list rebuilt at ``positions`` (frames are unrelated configurations)."""
     return nl.rebuild_all(potential.box_space(box), positions, aux)
@@ -120,6 +215,7 @@ def frame_values(observable: Observable, potential, params, samples: Samples, au
     """Per frame: potential energy (F,) kJ/mol, observable (F, ...), and whether any frame's
     list overflowed (). Pure; checkpointed per frame (reverse mode recomputes, stores nothing).
     batch_size: frames evaluated together under vmap (structural; default one at a time)."""
+    check_samples(potential, samples, aux)
 
     @jax.checkpoint
     def one(x):
@@ -141,6 +237,7 @@ def log_weights(observable: Observable | None, potential, params, samples: Sampl
     """Normalised log weights (F,) of the frames at ``params`` (samples drawn at ``ref_params``,
     default ``params`` held by ``stop_gradient``), the observable per frame (F, ...) (None: a
     zero), and whether any frame's list overflowed. The core of every reweighted estimate."""
+    check_samples(potential, samples, aux, kT)
     obs = observable if observable is not None else (lambda *a: jnp.zeros(()))
     u, o, ovf = frame_values(obs, potential, params, samples, aux, batch_size=batch_size)
     if ref_params is None:
@@ -188,6 +285,7 @@ class GradientEstimate:
 def fit_template(potential, samples: Samples, aux):
     """Host side: the neighbor-list template ``aux`` grown until every frame's list fits
     (unchanged when it already does, or when ``aux`` holds no list)."""
+    check_samples(potential, samples, aux)
     if not any(isinstance(a, nl.NeighborList) for a in jax.tree_util.tree_leaves(
             aux, is_leaf=lambda x: isinstance(x, nl.NeighborList))):
         return aux
@@ -216,6 +314,7 @@ def frame_derivatives(observable: Observable, potential, params, samples: Sample
     (F, *O.shape, *leaf)), and whether any list overflowed. The raw material of
     :func:`ensemble_gradient`: averages and blocks are combined from it without re-evaluating
     frames. Pure; ``jit`` it."""
+    check_samples(potential, samples, aux)
 
     def one(x):
         r, box = x
@@ -283,6 +382,11 @@ def ensemble_gradient(observable: Observable, potential, params, samples: Sample
     every frame fits. Warns (:class:`LowESSWarning`) when the effective sample size is below
     ``min_ess``. For an average at other parameters, or a loss of several averages, use
     :func:`reweighted_average` under ``jax.grad``."""
+    check_samples(potential, samples, aux, kT, values=True)
+    if isinstance(n_blocks, bool) or not isinstance(n_blocks, (int, np.integer)):
+        raise TypeError(f"n_blocks must be an integer, got {n_blocks!r}")
+    if not np.isfinite(min_ess):
+        raise ValueError(f"min_ess must be finite, got {min_ess!r}")
     if n_blocks < 1 or samples.n_frames < 2 * n_blocks:
         raise ValueError(f"need n_blocks >= 1 and at least 2 frames per block; got {n_blocks} "
                          f"blocks for {samples.n_frames} frames")

@@ -46,12 +46,23 @@ class Harmonic(EnergyTerm):
         object.__setattr__(self, "cvs", cvs_mod._check_cvs(self.cvs))
 
     def init_params(self, center, k) -> dict[str, Array]:
+        """Params for centres ``center`` and force constants ``k`` (scalars or (d,)): finite,
+        k >= 0 (checked when they are concrete numbers)."""
         d = len(self.cvs)
-        c = jnp.broadcast_to(jnp.asarray(center, jnp.result_type(float)), (d,))
-        kk = jnp.broadcast_to(jnp.asarray(k, jnp.result_type(float)), (d,))
-        if np.any(np.asarray(kk) < 0):
-            raise ValueError(f"force constants k must be >= 0, got {np.asarray(kk)}")
-        return {"center": c, "k": kk}
+        out = {}
+        for name, value in (("center", center), ("k", k)):
+            a = jnp.asarray(value, jnp.result_type(float))
+            if a.ndim > 1 or a.size not in (1, d):
+                raise ValueError(f"Harmonic {name} must be a scalar or shape ({d},) (one per "
+                                 f"CV), got shape {a.shape}")
+            out[name] = jnp.broadcast_to(a.reshape(-1), (d,))
+            if not isinstance(a, jax.core.Tracer):
+                v = np.asarray(a)
+                if not np.all(np.isfinite(v)) or (name == "k" and np.any(v < 0)):
+                    raise ValueError(f"Harmonic {name} must be finite" +
+                                     (" and >= 0 (kJ/mol/CV unit^2)" if name == "k" else "") +
+                                     f", got {v}")
+        return out
 
     def param_units(self) -> dict[str, str]:
         return {"center": "CV units", "k": "kJ/mol/(CV unit)^2"}
@@ -79,6 +90,13 @@ class Grid:
         if d not in (1, 2) or not (len(self.lower) == len(self.upper) == len(self.periods) == d):
             raise ValueError("Grid: lower, upper, bins and periods need one entry per CV (1 or 2)")
         for a in range(d):
+            _grid_bins(self.bins[a], a)
+            if not (np.isfinite(self.lower[a]) and np.isfinite(self.upper[a])):
+                raise ValueError(f"Grid axis {a}: lower and upper must be finite, got "
+                                 f"[{self.lower[a]}, {self.upper[a]}]")
+            p = self.periods[a]
+            if p is not None and not (np.isfinite(p) and p > 0):
+                raise ValueError(f"Grid axis {a}: period must be None or finite and > 0, got {p}")
             if not self.upper[a] > self.lower[a] or self.bins[a] < 2:
                 raise ValueError(f"Grid axis {a}: need upper > lower and bins >= 2, got "
                                  f"[{self.lower[a]}, {self.upper[a]}] with {self.bins[a]} bins")
@@ -93,9 +111,11 @@ class Grid:
         be None there); bounded ones need ``lower`` and ``upper``."""
         cvs = cvs_mod._check_cvs(cvs)
         d = len(cvs)
-        lo = list(lower) if isinstance(lower, (list, tuple)) else [lower] * d
-        hi = list(upper) if isinstance(upper, (list, tuple)) else [upper] * d
-        nb = list(bins) if isinstance(bins, (list, tuple)) else [bins] * d
+        def per_cv(x):
+            many = isinstance(x, (list, tuple)) or (isinstance(x, np.ndarray) and x.ndim > 0)
+            return list(x) if many else [x] * d
+
+        lo, hi, nb = per_cv(lower), per_cv(upper), per_cv(bins)
         for a, c in enumerate(cvs):
             if c.period is not None:
                 lo[a] = -0.5 * c.period if lo[a] is None else lo[a]
@@ -103,8 +123,12 @@ class Grid:
             elif lo[a] is None or hi[a] is None:
                 raise ValueError(f"CV {a} ({c.name}) is not periodic: give its grid lower and "
                                  "upper bounds")
+        if not (len(lo) == len(hi) == len(nb) == d):
+            raise ValueError(f"Grid.for_cvs: lower, upper and bins need one entry per CV ({d}), "
+                             f"got {lower!r}, {upper!r}, {bins!r}")
         return cls(tuple(float(x) for x in lo), tuple(float(x) for x in hi),
-                   tuple(int(b) for b in nb), tuple(c.period for c in cvs))
+                   tuple(_grid_bins(b, a) for a, b in enumerate(nb)),
+                   tuple(c.period for c in cvs))
 
     @property
     def dim(self) -> int:
@@ -127,6 +151,16 @@ class Grid:
     def zeros(self, dtype=None) -> Array:
         """An empty bias table, shape (points..., 2^d): value and derivatives (see GridBias)."""
         return jnp.zeros(self.shape + (2**self.dim,), dtype or jnp.result_type(float))
+
+
+def _grid_bins(b, axis: int) -> int:
+    """A bin count: an integer (not a float, which would be truncated) >= 2."""
+    a = np.asarray(b)
+    if a.ndim != 0 or a.dtype.kind not in "iu":
+        raise TypeError(f"Grid axis {axis}: bins must be an integer, got {b!r}")
+    if int(a) < 2:
+        raise ValueError(f"Grid axis {axis}: need bins >= 2, got {int(a)}")
+    return int(a)
 
 
 def _hermite(t: Array):
@@ -198,6 +232,8 @@ def hill_reach(grid: Grid, sigma) -> tuple[int, ...]:
     """Grid points on each side of a hill's centre that :func:`hill_patches` fills, for widths
     ``sigma`` (d,) (structural: from the construction-time widths)."""
     sig = np.broadcast_to(np.asarray(sigma, dtype=float), (grid.dim,))
+    if not np.all(np.isfinite(sig) & (sig > 0)):
+        raise ValueError(f"hill widths sigma must be finite and > 0 (CV units), got {sig}")
     return tuple(int(np.ceil(HILL_CUTOFF * sg / sp)) for sg, sp in zip(sig, grid.spacing))
 
 

@@ -66,6 +66,31 @@ class Metadynamics(integ.Integrator):
     step_walkers: Any = None
 
 
+def _number(name: str, value) -> float:
+    """A real scalar (NaN and inf pass here; the caller decides)."""
+    a = np.asarray(value)
+    if a.ndim != 0 or a.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    return float(a)
+
+
+def _check_start(cvs, positions, settings, bias_factor: float) -> None:
+    """Host-side checks where the sampler first meets positions and settings: the CVs' atom
+    indices against the atom count (static shape), finite positions, and a finite kT > 0 for
+    well-tempered runs (when concrete; nothing can be raised inside jit)."""
+    shape = np.shape(positions)
+    if len(shape) != 2 or shape[1] != 3:
+        raise ValueError(f"positions must be (N, 3) nm, got shape {shape}")
+    cvs_mod.check(cvs, shape[0])
+    if not isinstance(positions, jax.core.Tracer) and not np.all(np.isfinite(positions)):
+        raise ValueError("positions contain non-finite values (NaN or inf)")
+    if not np.isinf(bias_factor):
+        kT = _kT(settings)
+        if not isinstance(kT, jax.core.Tracer) and not (np.all(np.isfinite(kT))
+                                                        and np.all(np.asarray(kT) > 0)):
+            raise ValueError(f"settings.kT must be finite and > 0 (kJ/mol), got {kT}")
+
+
 def _kT(settings) -> Array:
     if not hasattr(settings, "kT"):
         raise ValueError("well-tempered metadynamics needs a thermostatted integrator (settings "
@@ -113,14 +138,28 @@ def metadynamics(potential, cvs: Sequence[cvs_mod.CV] | cvs_mod.CV, *, sigma, he
         raise ValueError(f"metadynamics supports 1 or 2 CVs, got {len(cvs)}")
     if integrator not in FACTORIES:
         raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(FACTORIES)}")
+    bias_factor = _number("bias_factor", bias_factor)
     if not (bias_factor > 1.0):
         raise ValueError(f"bias_factor must be > 1 (inf for plain metadynamics), got {bias_factor}")
-    if height <= 0 or pace < 1:
-        raise ValueError(f"need height > 0 and pace >= 1, got height={height}, pace={pace}")
+    height = _number("height", height)
+    if not (np.isfinite(height) and height > 0):
+        raise ValueError(f"hill height must be finite and > 0 (kJ/mol), got height={height}")
+    pace_a = np.asarray(pace)
+    if pace_a.ndim != 0 or pace_a.dtype.kind not in "iu":
+        raise TypeError(f"pace must be an integer number of steps, got pace={pace!r}")
+    pace = int(pace_a)
+    if pace < 1:
+        raise ValueError(f"need pace >= 1 step between hills, got pace={pace}")
+    if grid is not None and not isinstance(grid, Grid):
+        raise TypeError(f"grid must be a workbench.sampling.bias.Grid, got {type(grid).__name__}")
     grid = grid or Grid.for_cvs(cvs, lower, upper, bins)
-    sig = np.broadcast_to(np.asarray(sigma, dtype=float), (len(cvs),))
-    if np.any(sig <= 0):
-        raise ValueError(f"sigma must be positive, got {sig}")
+    sig = np.asarray(sigma, dtype=float)
+    if sig.ndim > 1 or sig.size not in (1, len(cvs)):
+        raise ValueError(f"sigma must be one width or one per CV ({len(cvs)}), got shape "
+                         f"{sig.shape}")
+    sig = np.broadcast_to(sig.reshape(-1), (len(cvs),))
+    if not np.all(np.isfinite(sig) & (sig > 0)):
+        raise ValueError(f"sigma (hill widths, CV units) must be finite and positive, got {sig}")
     if np.any(sig < grid.spacing):
         raise ValueError(f"hill widths {sig} are narrower than the grid spacing {grid.spacing}: "
                          "use more bins or wider hills (PLUMED suggests spacing <= sigma / 2)")
@@ -132,6 +171,7 @@ def metadynamics(potential, cvs: Sequence[cvs_mod.CV] | cvs_mod.CV, *, sigma, he
     dtype = jnp.result_type(float)
 
     def init(key, positions, params, settings, **kwargs) -> integ.MDState:
+        _check_start(cvs, positions, settings, bias_factor)
         table = grid.zeros(dtype)
         state = inner.init(key, positions, {"system": params, "bias": {"table": table}},
                            settings, **kwargs)
@@ -225,8 +265,17 @@ def reweighted_free_energy(grid: Grid, s: np.ndarray, log_weight: np.ndarray, kT
     """Free energy (kJ/mol, minimum 0; inf where nothing was sampled) on the points of ``grid``
     from samples ``s`` (T, d) with log weights (T,), e.g. (V(s_t, t) - c(t)) / kT from
     :func:`rct`: a weighted histogram with one bin centred on each grid point."""
-    s = np.asarray(s, dtype=float).reshape(len(log_weight), grid.dim)
     lw = np.asarray(log_weight, dtype=float)
+    s = np.asarray(s, dtype=float)
+    if lw.ndim != 1 or s.size != lw.size * grid.dim:
+        raise ValueError(f"reweighted_free_energy: s must be (T, {grid.dim}) CV values for T = "
+                         f"len(log_weight) samples; got s {s.shape}, log_weight {lw.shape}")
+    s = s.reshape(len(lw), grid.dim)
+    if not np.all(np.isfinite(s)) or np.any(np.isnan(lw)) or np.any(lw == np.inf):
+        raise ValueError("reweighted_free_energy: s and log_weight must be finite (log_weight "
+                         "may be -inf for a zero weight)")
+    if not (np.isfinite(kT) and kT > 0):
+        raise ValueError(f"kT must be finite and > 0 (kJ/mol), got {kT}")
     idx = []
     for a in range(grid.dim):
         x = np.rint((s[:, a] - grid.lower[a]) / grid.spacing[a]).astype(np.int64)

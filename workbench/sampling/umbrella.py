@@ -29,7 +29,7 @@ from ..potentials.base import Sum
 from . import cv as cvs_mod
 from . import batch
 from .bias import Grid, Harmonic
-from .mbar import mbar
+from .mbar import _diagnose, _second_eigenvalue, mbar, overlap_matrix
 
 Array = jax.Array
 
@@ -58,10 +58,11 @@ class Umbrella:
         return self.centers.shape[0]
 
     def window_params(self, centers=None, k=None) -> dict[str, Array]:
-        """Batched bias params (W, d) for ``centers``/``k`` (default: the sampler's)."""
-        c = self.centers if centers is None else \
-            np.asarray(centers, float).reshape(self.centers.shape)
-        kk = self.k if k is None else np.broadcast_to(np.asarray(k, float), self.k.shape)
+        """Batched bias params (W, d) for ``centers``/``k`` (default: the sampler's; host side,
+        checked as in :func:`umbrella`, same shapes so no recompilation)."""
+        w, d = self.centers.shape
+        c = self.centers if centers is None else _centers(centers, d, n_windows=w)
+        kk = self.k if k is None else _force_constants(k, c.shape)
         dtype = jnp.result_type(float)
         return {"center": jnp.asarray(c, dtype), "k": jnp.asarray(kk, dtype)}
 
@@ -71,8 +72,11 @@ class Umbrella:
         r = np.asarray(positions, dtype=float)
         if r.ndim == 2:
             r = np.broadcast_to(r, (self.n_windows,) + r.shape)
-        if r.ndim != 3 or r.shape[0] != self.n_windows:
+        if r.ndim != 3 or r.shape[0] != self.n_windows or r.shape[2] != 3:
             raise ValueError(f"positions must be (N, 3) or ({self.n_windows}, N, 3), got {r.shape}")
+        if not np.all(np.isfinite(r)):
+            raise ValueError("positions contain non-finite values (NaN or inf)")
+        cvs_mod.check(self.cvs, r.shape[1])  # atom indices inside the system
         keys = jax.random.split(key, self.n_windows)
         bp = self.window_params()
         states = [self.inner.init(keys[w], r[w], {"system": params, "bias":
@@ -133,14 +137,8 @@ def umbrella(potential, cvs: Sequence[cvs_mod.CV] | cvs_mod.CV, centers, k, *,
     """Harmonic umbrella windows on ``cvs`` (1 or 2) at ``centers`` (W,) or (W, d) with force
     constants ``k`` (scalar, (d,) or (W, d); kJ/mol per CV unit squared)."""
     cvs = cvs_mod._check_cvs(cvs)
-    d = len(cvs)
-    c = np.asarray(centers, dtype=float)
-    c = c.reshape(-1, 1) if (c.ndim == 1 and d == 1) else c
-    if c.ndim != 2 or c.shape[1] != d or c.shape[0] < 1:
-        raise ValueError(f"centers must have shape (W, {d}), got {np.shape(centers)}")
-    kk = np.broadcast_to(np.asarray(k, dtype=float), c.shape).copy()
-    if np.any(kk <= 0):
-        raise ValueError("umbrella force constants k must be positive")
+    c = _centers(centers, len(cvs))
+    kk = _force_constants(k, c.shape).copy()
     if integrator not in FACTORIES:
         raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(FACTORIES)}")
     term = Harmonic(cvs, space=potential.space)
@@ -148,6 +146,70 @@ def umbrella(potential, cvs: Sequence[cvs_mod.CV] | cvs_mod.CV, centers, k, *,
     biased = Sum({"system": potential, "bias": term})
     inner = factory(biased) if constraints is None else factory(biased, constraints)
     return Umbrella(cvs, c, kk, term, inner)
+
+
+def _centers(centers, d: int, n_windows: int | None = None) -> np.ndarray:
+    """Window centres as (W, d) finite floats ((W,) allowed for one CV)."""
+    try:
+        c = np.asarray(centers, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"centers must be numbers (CV units), got {centers!r}") from e
+    c = c.reshape(-1, 1) if (c.ndim == 1 and d == 1) else c
+    if c.ndim != 2 or c.shape[1] != d or c.shape[0] < 1 or \
+            (n_windows is not None and c.shape[0] != n_windows):
+        w = "W" if n_windows is None else n_windows
+        raise ValueError(f"centers must have shape ({w}, {d}) (one centre per window and CV), "
+                         f"got {np.shape(centers)}")
+    if not np.all(np.isfinite(c)):
+        raise ValueError(f"centers must be finite, got {c[~np.isfinite(c)][:5]}")
+    return c
+
+
+def _force_constants(k, shape: tuple[int, int]) -> np.ndarray:
+    """Force constants broadcast to ``shape`` (W, d): finite and > 0 (kJ/mol/CV unit^2)."""
+    try:
+        kk = np.broadcast_to(np.asarray(k, dtype=float), shape)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"umbrella force constants k must be a scalar, ({shape[1]},) or "
+                         f"{shape} (kJ/mol/CV unit^2), got shape {np.shape(k)}") from e
+    if not np.all(np.isfinite(kk) & (kk > 0)):
+        raise ValueError(f"umbrella force constants k must be finite and positive "
+                         f"(kJ/mol/CV unit^2), got {np.unique(kk[~(np.isfinite(kk) & (kk > 0))])}")
+    return kk
+
+
+def _window_data(samples, centers, k, kT, periods, what: str, grid=None):
+    """Checked window samples (K, T, d), centres (K, d), force constants (K, d), kT and
+    periods (d,) (default: the grid's) for the estimators."""
+    if grid is not None and not isinstance(grid, Grid):
+        raise TypeError(f"{what}: grid must be a workbench.sampling.bias.Grid, got "
+                        f"{type(grid).__name__}")
+    try:
+        s = np.asarray(samples, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{what}: samples must be numbers, got {type(samples).__name__}") from e
+    if s.ndim not in (2, 3) or s.shape[0] < 1 or s.shape[1] < 1:
+        raise ValueError(f"{what}: samples must be (K, T, d) or (K, T) window CV values, got "
+                         f"shape {s.shape}")
+    s = s.reshape(s.shape[0], s.shape[1], -1)
+    n_win, _, d = s.shape
+    if grid is not None and grid.dim != d:
+        raise ValueError(f"{what}: a {grid.dim}-D grid for {d} CV(s); make the grid with "
+                         "Grid.for_cvs(cvs, ...)")
+    if not np.all(np.isfinite(s)):
+        w, t = (int(x) for x in np.argwhere(~np.isfinite(s))[0][:2])
+        raise ValueError(f"{what}: samples contain non-finite CV values (window {w}, sample {t})")
+    c = _centers(centers, d, n_windows=n_win)
+    kk = _force_constants(k, c.shape)
+    if isinstance(kT, jax.core.Tracer) or np.ndim(kT) != 0 or \
+            not (np.isfinite(float(kT)) and float(kT) > 0):
+        raise ValueError(f"{what}: kT must be a finite number > 0 (kJ/mol), got {kT!r}")
+    if periods is None and grid is None:
+        raise ValueError(f"{what}: periods needs one entry per CV (None where not periodic)")
+    periods = tuple(grid.periods if periods is None else periods)
+    if len(periods) != d:
+        raise ValueError(f"{what}: periods needs one entry per CV ({d}), got {periods}")
+    return s, c, kk, float(kT), periods
 
 
 def bias_matrix(s, centers, k, kT, periods: Sequence[float | None]) -> Array:
@@ -167,11 +229,10 @@ def unbiased_log_weights(samples, centers, k, kT: float, periods: Sequence[float
     MBARResult). These are the ``log_weight`` of :class:`workbench.gradients.reweight.Samples`
     built from the same frames, for averages and free-energy gradients at the unbiased
     state."""
-    s = np.asarray(samples, dtype=float)
-    s = s.reshape(s.shape[0], s.shape[1], -1)
+    s, c, kk, kT, periods = _window_data(samples, centers, k, kT, periods,
+                                         "unbiased_log_weights")
     n_win, n_per, d = s.shape
-    u = bias_matrix(s.reshape(-1, d), np.asarray(centers).reshape(n_win, d),
-                    np.broadcast_to(np.asarray(k, float), (n_win, d)), kT, tuple(periods))
+    u = bias_matrix(s.reshape(-1, d), c, kk, kT, periods)
     result = mbar(u, jnp.full(n_win, float(n_per)))
     return -np.asarray(result.log_d, float), result
 
@@ -197,10 +258,9 @@ def free_energy_mbar(samples, centers, k, kT: float, grid: Grid,
     """F (kJ/mol, minimum 0, inf where unsampled) on the points of ``grid`` from window samples
     (K, T, d) (or (K, T) for one CV), by MBAR on the pooled samples and reweighting to the
     unbiased state. Returns (grid axes, F, MBARResult)."""
-    s = np.asarray(samples, dtype=float)
-    s = s.reshape(s.shape[0], s.shape[1], -1)
-    periods = tuple(grid.periods) if periods is None else tuple(periods)
-    lw0, result = unbiased_log_weights(s, centers, k, kT, periods)
+    s, c, kk, kT, periods = _window_data(samples, centers, k, kT, periods, "free_energy_mbar",
+                                         grid)
+    lw0, result = unbiased_log_weights(s, c, kk, kT, periods)
     flat, inside = _bin_index(grid, s.reshape(-1, s.shape[-1]))
     p = np.bincount(flat[inside], weights=np.exp(lw0[inside] - lw0[inside].max()),
                     minlength=int(np.prod(grid.shape)))
@@ -218,13 +278,20 @@ class WHAMResult:
     log_p: Array
     iterations: Array
     change: Array
+    overlap: Array
+    overlap_eigenvalue: Array
+
+    @property
+    def spectral_gap(self) -> Array:
+        """() 1 - second-largest eigenvalue of the overlap matrix (as MBARResult's)."""
+        return 1.0 - self.overlap_eigenvalue
 
 
 def _wham_solve(counts, n_k, bias_kb, tol, max_iter):
     """Self-consistent WHAM in log space: counts (K, B) histograms, n_k (K,) samples per window,
     bias_kb (K, B) reduced bias at the bin centres."""
     log_num = jnp.log(jnp.sum(counts, 0))  # (B,) total counts per bin (-inf if empty)
-    log_nk = jnp.log(n_k)
+    log_nk = jnp.where(n_k > 0, jnp.log(jnp.maximum(n_k, 1e-300)), -jnp.inf)
 
     def update(f):
         log_p = log_num - jax.scipy.special.logsumexp(log_nk[:, None] + f[:, None] - bias_kb, 0)
@@ -244,7 +311,12 @@ def _wham_solve(counts, n_k, bias_kb, tol, max_iter):
     f, log_p, it, change = jax.lax.while_loop(
         cond, body, (f0, jnp.zeros(counts.shape[1], bias_kb.dtype), 0, jnp.inf))
     log_p = log_p - jax.scipy.special.logsumexp(log_p)
-    return WHAMResult(f=f, log_p=log_p, iterations=jnp.asarray(it), change=change)
+    # the overlap matrix of the binned problem: MBAR's with the bins as samples, weighted by
+    # their counts; W_kb = exp(f_k - bias_kb) / sum_k' N_k' exp(f_k' - bias_k'b)
+    log_den = jax.scipy.special.logsumexp(log_nk[:, None] + f[:, None] - bias_kb, 0)
+    o = overlap_matrix(f[:, None] - bias_kb - log_den[None, :], n_k, jnp.sum(counts, 0))
+    return WHAMResult(f=f, log_p=log_p, iterations=jnp.asarray(it), change=change, overlap=o,
+                      overlap_eigenvalue=_second_eigenvalue(o, n_k))
 
 
 def wham(samples, centers, k, kT: float, grid: Grid, *, tol: float = 1e-10,
@@ -252,23 +324,28 @@ def wham(samples, centers, k, kT: float, grid: Grid, *, tol: float = 1e-10,
     """F (kJ/mol, minimum 0, inf where unsampled) on the points of ``grid`` from window samples
     (K, T, d) (or (K, T)) by WHAM with one bin per grid point. Returns (grid axes, F,
     WHAMResult); stops when the window free energies change by less than ``tol`` (kT; at least
-    64 machine epsilons of the working precision)."""
-    s = np.asarray(samples, dtype=float)
-    s = s.reshape(s.shape[0], s.shape[1], -1)
+    64 machine epsilons of the working precision). Raises :class:`~.mbar.OverlapError` when
+    the windows' histograms fall into disconnected groups (their free-energy differences are
+    then undetermined) and warns (:class:`~.mbar.PoorOverlapWarning`) on poor overlap, as
+    :func:`~.mbar.mbar`; ``result.overlap`` is the binned overlap matrix."""
+    s, c, kk, kT, periods = _window_data(samples, centers, k, kT, periods, "wham", grid)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"wham: max_iter must be an integer >= 1, got {max_iter!r}")
+    if not (np.isfinite(float(tol)) and float(tol) > 0):
+        raise ValueError(f"wham: tol must be finite and > 0 (kT), got {tol!r}")
     n_win, n_per, d = s.shape
-    periods = tuple(grid.periods) if periods is None else tuple(periods)
     n_bins = int(np.prod(grid.shape))
     counts = np.zeros((n_win, n_bins))
     for w in range(n_win):
         flat, inside = _bin_index(grid, s[w])
         counts[w] = np.bincount(flat[inside], minlength=n_bins)
     mesh = np.stack([m.ravel() for m in np.meshgrid(*grid.axes(), indexing="ij")], -1)
-    bias_kb = bias_matrix(mesh, np.asarray(centers).reshape(n_win, d),
-                          np.broadcast_to(np.asarray(k, float), (n_win, d)), kT, periods)
+    bias_kb = bias_matrix(mesh, c, kk, kT, periods)
     # the change cannot fall below round-off: in float32 stop at 64 eps (~8e-6 kT)
     tol = max(float(tol), 64.0 * float(jnp.finfo(bias_kb.dtype).eps))
     result = _wham_solve(jnp.asarray(counts, bias_kb.dtype),
                          jnp.asarray(counts.sum(1), bias_kb.dtype), bias_kb, tol, max_iter)
+    _diagnose(np.asarray(result.overlap), float(result.overlap_eigenvalue), "WHAM")
     if not bool(result.change <= tol):
         raise RuntimeError(f"WHAM did not converge in {max_iter} iterations (last change "
                            f"{float(result.change):.3g} kT); raise max_iter or check the "
