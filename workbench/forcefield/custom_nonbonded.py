@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -304,6 +305,8 @@ class CustomNonbonded(CutoffPairTerm):
             return 0.5 * jnp.sum(e), row_forces(-2.0 * du, dx, dy, dz)
 
         return per_block
+
+    capabilities: ClassVar[frozenset] = frozenset({"pair_virial"})
 
     def _pair_virial(self, positions, params, aux, space, diagonal_only: bool):
         return self._pair_sum(positions, params, aux, space, False, virial=True,

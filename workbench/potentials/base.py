@@ -33,7 +33,7 @@ Units: kJ/mol and nm (or reduced units).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +46,18 @@ Array = jax.Array
 
 __all__ = [
     "Evaluation", "EnergyTerm", "NeighborSpec", "Potential", "Sum", "FunctionPotential",
-    "overflowed", "strain_virial",
+    "overflowed", "strain_virial", "supports", "CAPABILITIES",
 ]
+
+CAPABILITIES = ("atom_energy", "pair_virial")
+"""The optional capabilities a term may declare in :attr:`EnergyTerm.capabilities`."""
+
+
+def supports(term, capability: str) -> bool:
+    """Whether ``term`` declares ``capability`` (one of :data:`CAPABILITIES`)."""
+    if capability not in CAPABILITIES:
+        raise ValueError(f"unknown capability {capability!r}; known: {CAPABILITIES}")
+    return capability in getattr(term, "capabilities", frozenset())
 
 
 @jax.tree_util.register_dataclass
@@ -115,6 +125,13 @@ class EnergyTerm:
     (:class:`~workbench.space.Space`: the kind of boundary and the default box)."""
 
     space: Space
+
+    capabilities: ClassVar[frozenset] = frozenset()
+    """What the term offers beyond the contract, declared (never probed with ``hasattr``):
+    ``"atom_energy"``: ``atom_energy(i, r_i, positions, params, aux, box)``, the energy of one
+    atom with its neighbors (single-particle Monte Carlo); ``"pair_virial"``:
+    ``_pair_virial(positions, params, aux, space, diagonal_only)``, a hand-written pair virial
+    that :meth:`energy_virial` uses. Read it with :func:`supports`."""
 
     # ------------------------------------------------------------------ what subclasses define
     def energy(self, positions: Array, params: Any, aux: Any = None, box: Array | None = None

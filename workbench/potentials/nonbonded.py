@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -238,6 +239,8 @@ class Nonbonded(CutoffPairTerm):
                 return 0.5 * jnp.sum(e), block_virial(f_over_r, dx, dy, dz)
             return 0.5 * jnp.sum(e), row_forces(f_over_r, dx, dy, dz)
         return per_block
+
+    capabilities: ClassVar[frozenset] = frozenset({"pair_virial"})
 
     def _pair_virial(self, positions, params, aux, space, diagonal_only: bool):
         out, _ = pair_blocks(positions, self._atoms(params), aux, space, self.pair_cutoff,

@@ -27,7 +27,7 @@ import dataclasses
 
 import functools
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -435,6 +435,8 @@ class PairPotential(EnergyTerm):
 
         (e, w), _ = self._blocks(positions, params, as_list(aux), self.box_space(box), per_block)
         return jnp.sum(e), jnp.sum(w, 0)
+
+    capabilities: ClassVar[frozenset] = frozenset({"atom_energy"})
 
     def atom_energy(self, i: Array, r_i: Array, positions: Array, params, aux=None,
                     box=None) -> Array:

@@ -154,7 +154,8 @@ class CutoffPairTerm(EnergyTerm):
     (everything else: exclusions, exceptions, reciprocal sums, long-range corrections;
     differentiated by autodiff). NoCutoff runs over all pairs; cutoff methods read the shared
     neighbor list. A subclass may define ``_pair_virial(positions, params, aux, space) ->
-    (energy, virial (3, 3))`` from the same hand-written pair forces (:func:`block_virial`);
+    (energy, virial (3, 3))`` from the same hand-written pair forces (:func:`block_virial`),
+    declaring ``capabilities = frozenset({"pair_virial"})``;
     without it the pair virial is the strain derivative by autodiff, which reverse-differentiates
     the whole pair loop (measured 145 ms instead of 10 ms for 2347 atoms with PME)."""
 
@@ -180,12 +181,11 @@ class CutoffPairTerm(EnergyTerm):
         return Evaluation(energy=e_pair + e_rest, forces=f_pair - g)
 
     def energy_virial(self, positions, params, aux=None, box=None):
-        pair_virial = getattr(self, "_pair_virial", None)
-        if pair_virial is None:
+        if "pair_virial" not in self.capabilities:
             return super().energy_virial(positions, params, aux, box)
         space = self.box_space(box)
         diagonal = self.space.kind == "periodic"
-        e_pair, w_pair = pair_virial(positions, params, aux, space, diagonal)
+        e_pair, w_pair = self._pair_virial(positions, params, aux, space, diagonal)
         e_rest, w_rest = strain_virial(
             lambda r, b: self._explicit_energy(r, params, self.box_space(b)), positions,
             space.box, diagonal_only=diagonal)
