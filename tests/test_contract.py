@@ -213,3 +213,28 @@ def test_traced_positions_get_shape_checks_only(fluid):
     with pytest.raises(ValueError, match=r"shape \(N, 3\)"):
         jax.jit(lambda r: lang.init(jax.random.PRNGKey(0), r, params, settings, aux=aux))(
             jnp.zeros((108, 2)))
+
+
+def test_declared_contracts():
+    """One home for the protocols: plain losses are not objectives, objects with
+    value_and_grad are; of_state lifts a positions observable to the state form; capabilities
+    are declared, and an unknown one is refused."""
+    from workbench.contracts import is_objective, of_state
+    from workbench.gradients.fit import as_objective
+    from workbench.potentials.base import supports
+    from workbench.potentials.pair import PairPotential
+
+    def loss(p):
+        return jnp.sum(p["x"] ** 2)
+
+    assert not is_objective(loss)
+    assert is_objective(as_objective(loss))
+
+    class State:
+        positions, aux, box = jnp.ones((2, 3)), None, jnp.eye(3)
+
+    f = of_state(lambda r, p, aux, box: jnp.sum(r) * p + jnp.trace(box))
+    assert float(f(State(), 2.0)) == 15.0
+    assert supports(PairPotential, "atom_energy") and not supports(PairPotential, "pair_virial")
+    with pytest.raises(ValueError, match="unknown capability"):
+        supports(PairPotential, "telepathy")

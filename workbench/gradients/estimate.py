@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..contracts import Observable, of_state
 from . import implicit as implicit_mod
 from . import reweight as rw
 from . import trajectory as tj
@@ -41,8 +42,7 @@ __all__ = ["Gradient", "gradient", "METHODS", "value_function"]
 
 METHODS = ("backprop", "reweight", "implicit", "finite_difference")
 
-Observable = Callable[[Array, Any, Any, Any], Array]
-"""observable(positions (N, 3) nm, params, aux, box (3, 3) | None) -> array."""
+# observable(positions (N, 3) nm, params, aux, box (3, 3) | None) -> array
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def _value_and_info(observable: Observable, method: str, options: dict):
         integrator, state = options["integrator"], options["state"]
         run = tj.trajectory(
             integrator, int(options["n_steps"]),
-            observable=lambda s, p: observable(s.positions, p, s.aux, s.box),
+            observable=of_state(observable),
             every=int(options.get("every") or 1),
             checkpoint=options.get("checkpoint", "sqrt"), horizon=options.get("horizon"),
             store_forces=bool(options.get("store_forces", False)))

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import neighbors as nl
+from ..contracts import is_objective
 from ..naming import leaf_names
 from . import reweight as rw
 
@@ -158,7 +159,7 @@ def as_objective(objective, l2: float = 0.0, l2_center=None):
     """``objective`` in the object form (``value_and_grad``, ``line_search``): objects that
     already have ``value_and_grad`` are returned as they are; a loss function is jitted, with
     ``l2`` (sum of squares toward ``l2_center``) added."""
-    if hasattr(objective, "value_and_grad"):
+    if is_objective(objective):
         if l2:
             raise ValueError("l2 regularization applies to plain loss functions; put it in the "
                              "objective's loss for an ensemble objective")

@@ -35,13 +35,14 @@ from __future__ import annotations
 import collections
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .. import neighbors as nl
+from ..contracts import Observable
 from ..potentials.base import overflowed
 
 Array = jax.Array
@@ -51,8 +52,7 @@ __all__ = ["Samples", "Reweighted", "GradientEstimate", "LowESSWarning", "FrameM
            "frame_values", "frame_derivatives", "ensemble_gradient", "fit_template",
            "potential_energy", "virial_pressure"]
 
-Observable = Callable[[Array, Any, Any, Any], Array]
-"""observable(positions (N, 3) nm, params, aux, box (3, 3) | None) -> array (any shape)."""
+# observable(positions (N, 3) nm, params, aux, box (3, 3) | None) -> array (any shape)
 
 
 class LowESSWarning(UserWarning):

@@ -30,19 +30,20 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import replace
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from .. import xla
+from ..contracts import StateObservable
 
 Array = jax.Array
 
 __all__ = ["trajectory", "reversible_verlet", "final_potential_energy", "segment_length"]
 
-Observable = Callable[[Any, Any], Array]
-"""observable(state: MDState, params) -> array (any shape)."""
+Observable = StateObservable
+"""observable(state: MDState, params) -> array (:class:`workbench.contracts.StateObservable`;
+:func:`workbench.contracts.of_state` makes one of a positions observable)."""
 
 
 def final_potential_energy(potential) -> Observable:
