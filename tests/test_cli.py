@@ -1,4 +1,5 @@
-"""The ``workbench`` command line: help, version, ``lab`` command building, ``bench lj``.
+"""The ``workbench`` command line: help, version, ``lab`` command building, ``bench lj``, and
+``compare-openmm``'s exit codes and its answers to bad input.
 
 The benchmark runs in a subprocess (``python -m workbench.cli``) so it uses the package's
 default float32 precision, not this test session's float64.
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from workbench import cli
+from workbench.systems import data_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,18 +173,139 @@ def test_missing_peer_is_skipped_with_install_hint(monkeypatch, capsys):
 
 def test_compare_openmm_exit_codes(capsys):
     """0 when every term agrees, 1 when one does not (an impossible tolerance), 2 for an
-    unsupported force field (AMOEBA's multipoles), with the reason printed."""
-    from workbench.systems import data_file
-
+    unsupported force field (AMOEBA's multipoles), with the reason on stderr; a --cutoff that
+    NoCutoff ignores is said so."""
     pdb = data_file("alanine-dipeptide-vacuum.pdb")
-    assert cli.main(["compare-openmm", pdb, "--forcefield", "amber14-all.xml"]) == 0
-    out = capsys.readouterr().out
-    assert "all 4 terms agree" in out and "PeriodicTorsionForce" in out
     assert cli.main(["compare-openmm", pdb, "--forcefield", "amber14-all.xml",
-                 "--tolerance", "0"]) == 1
-    assert "disagree" in capsys.readouterr().out
+                     "--cutoff", "0.9"]) == 0
+    out, err = capsys.readouterr()
+    assert "all 4 terms agree" in out and "PeriodicTorsionForce" in out
+    assert "--cutoff 0.9 is ignored with --nonbonded NoCutoff" in err
+    assert cli.main(["compare-openmm", pdb, "--forcefield", "amber14-all.xml",
+                     "--tolerance", "0"]) == 1
+    out, err = capsys.readouterr()
+    assert "disagree" in out and "ignored" not in err  # no --cutoff given: no warning
     assert cli.main(["compare-openmm", pdb, "--forcefield", "amoeba2018.xml"]) == 2
-    assert "UnsupportedForceError" in capsys.readouterr().out
+    assert "compare-openmm: unsupported:" in capsys.readouterr().err
+
+
+def test_compare_openmm_help_documents_exit_codes():
+    out = _workbench("compare-openmm", "--help")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "exit status:" in text
+    for code in ("0  every term agrees", "1  at least one term disagrees", "2  bad input"):
+        assert code in text, code
+    assert "exit status of ``compare-openmm``" in cli.__doc__.lower()
+
+
+def _boxed_peptide(path: Path, edge_angstrom: float) -> str:
+    """Alanine dipeptide in a cubic CRYST1 box of ``edge_angstrom``."""
+    cryst = f"CRYST1{edge_angstrom:9.3f}{edge_angstrom:9.3f}{edge_angstrom:9.3f}" \
+            "  90.00  90.00  90.00 P 1           1 \n"
+    path.write_text(cryst + Path(data_file("alanine-dipeptide-vacuum.pdb")).read_text())
+    return str(path)
+
+
+def test_compare_openmm_box_between_cutoff_and_cutoff_plus_skin(tmp_path, capsys):
+    """A 2.2 nm box with a 1.0 nm cutoff: OpenMM accepts it (>= 2 x cutoff), the default
+    neighbor-list skin (0.2 nm) does not fit, so a skin of 0.1 nm is used and said."""
+    pdb = _boxed_peptide(tmp_path / "box22.pdb", 22.0)
+    assert cli.main(["compare-openmm", pdb, "--nonbonded", "CutoffPeriodic",
+                     "--cutoff", "1.0"]) == 0
+    out, err = capsys.readouterr()
+    assert "all 4 terms agree" in out
+    assert "NonbondedForce uses a skin of 0.1 nm" in err and "twice the cutoff" in err
+
+
+def test_compare_openmm_box_shorter_than_twice_the_cutoff(tmp_path):
+    """Even skin 0 does not fit: one clean paragraph on stderr, exit 2, no traceback."""
+    pdb = _boxed_peptide(tmp_path / "box22.pdb", 22.0)
+    out = _workbench("compare-openmm", pdb, "--nonbonded", "PME", "--cutoff", "1.2")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("compare-openmm: error:"), out.stderr
+    assert "2.2 nm" in lines[0] and "--cutoff 1.1" in lines[0]
+
+
+def test_compare_openmm_periodic_method_without_box(capsys):
+    pdb = data_file("alanine-dipeptide-vacuum.pdb")
+    assert cli.main(["compare-openmm", pdb, "--nonbonded", "PME"]) == 2
+    assert "no periodic box (no CRYST1 record)" in capsys.readouterr().err
+
+
+def test_compare_openmm_water_without_water_model_hints(capsys):
+    pdb = data_file("alanine-dipeptide-water.pdb")
+    assert cli.main(["compare-openmm", pdb, "--forcefield", "amber14-all.xml"]) == 2
+    err = capsys.readouterr().err
+    assert "No template found for residue" in err and "(HOH)" in err
+    assert "compare-openmm: hint: HOH is water" in err
+    assert "--forcefield amber14-all.xml amber14/tip3p.xml" in err
+    # OpenMM's bare Exception (not a ValueError) for ambiguous templates: still a clean error
+    assert cli.main(["compare-openmm", pdb, "--forcefield", "charmm36.xml"]) == 2
+    assert "compare-openmm: error:" in capsys.readouterr().err
+
+
+def test_template_hints_name_the_water_model_of_the_force_field():
+    from workbench.forcefield.compare import _template_hint
+
+    message = "No template found for residue 7 (HOH).  The set of atoms matches HOH"
+    assert "charmm36/water.xml" in _template_hint(message, ["charmm36.xml"])
+    assert "amber19/tip3p.xml" in _template_hint(message, ["amber19-all.xml"])
+    assert "its atoms do not match" in _template_hint(message, ["amber14-all.xml",
+                                                                "amber14/tip3p.xml"])
+    assert "openmmforcefields" in _template_hint(
+        "No template found for residue 1 (LIG).", ["amber14-all.xml"])
+    assert _template_hint("some other problem", ["amber14-all.xml"]) == ""
+
+
+@pytest.mark.parametrize(("given", "suggested"), [
+    ("amber14-al.xml", "Did you mean amber14-all.xml?"),
+    ("amber14/tip3.xml", "Did you mean amber14/tip3p.xml?"),
+    ("charm36.xml", "Did you mean charmm36.xml?"),
+])
+def test_compare_openmm_misspelled_forcefield_suggests_names(given, suggested, capsys):
+    pdb = data_file("alanine-dipeptide-vacuum.pdb")
+    assert cli.main(["compare-openmm", pdb, "--forcefield", "amber14-all.xml", given]) == 2
+    err = capsys.readouterr().err
+    assert f"force-field file {given!r} not found" in err and suggested in err
+
+
+def test_compare_openmm_reads_pdbx(tmp_path):
+    from openmm import app
+
+    from workbench.forcefield.compare import read_structure
+
+    pdb = app.PDBFile(data_file("alanine-dipeptide-vacuum.pdb"))
+    with open(tmp_path / "ala.cif", "w") as f:
+        app.PDBxFile.writeFile(pdb.topology, pdb.positions, f)
+    assert read_structure(tmp_path / "ala.cif").topology.getNumAtoms() == 22
+
+
+def test_shipped_forcefield_files_include_subfolders():
+    from workbench.forcefield.compare import shipped_forcefield_files
+
+    names = shipped_forcefield_files()
+    assert {"amber14-all.xml", "amber14/tip3p.xml", "charmm36/water.xml",
+            "implicit/obc2.xml"} <= set(names)
+    assert "residues.xml" not in names  # OpenMM's support files are not force fields
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("notes.txt", b"hello world\nthis is not a structure\n", "is not a PDB file: it has no ATOM"),
+    ("garbage.pdb", bytes(range(256)) * 4, "is binary"),
+    ("empty.pdb", b"", "it is empty"),
+    ("broken.pdb", b"ATOM      1  N   ALA A   1    not numbers here\n", "could not read"),
+    ("missing.pdb", None, "no such file"),
+])
+def test_compare_openmm_rejects_non_pdb_input(tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    assert cli.main(["compare-openmm", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("compare-openmm: error:") and message in err, err
 
 
 def test_bench_sampling_runs_and_writes_json(tmp_path):

@@ -10,6 +10,11 @@
                                           every force-field term against OpenMM Reference
     workbench --version
 
+Exit status of ``compare-openmm`` (:data:`workbench.forcefield.compare.EXIT_CODES`): 0 every
+term agrees with OpenMM, 1 some term disagrees beyond the tolerance, 2 bad input or an
+unsupported force (the reason on stderr). ``lab`` returns JupyterLab's status (128 + the signal
+number when it was stopped by one); 2 is a usage error everywhere.
+
 Benchmark peers (jax-md, OpenMM) and optional benchmark modules are imported only when their
 subcommand runs.
 """
@@ -25,7 +30,7 @@ from pathlib import Path
 
 from . import parallel
 
-__all__ = ["build_parser", "lab_command", "main", "notebooks_dir"]
+__all__ = ["build_parser", "lab_command", "main", "notebooks_dir", "run_until_signalled"]
 
 _ROOT_FLAGS = ("--ServerApp.root_dir", "--notebook-dir", "--NotebookApp.notebook_dir",
                "--ServerApp.notebook_dir", "--root-dir")
@@ -89,10 +94,65 @@ def _run_lab(args: argparse.Namespace, extra: list[str]) -> int:
     # the notebook kernels split work over the CPU cores unless the user chose otherwise
     env = dict(os.environ)
     env.setdefault(parallel.ENV, "auto")
+    return run_until_signalled(cmd, LAB_GRACE_S, env=env)
+
+
+LAB_GRACE_S = 10.0
+"""Seconds JupyterLab gets to shut down (its kernels too) after SIGTERM, before SIGKILL."""
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def run_until_signalled(cmd: Sequence[str], grace: float, **popen) -> int:
+    """Run ``cmd`` in a session of its own and wait for it. SIGINT (Ctrl-C), SIGTERM or SIGHUP
+    received meanwhile stop it: SIGTERM to its process group (JupyterLab then shuts its kernels
+    down), SIGKILL after ``grace`` seconds or at a second signal. Returns its exit status, or
+    128 + the number of the first signal. ``popen``: keyword arguments for ``subprocess.Popen``.
+
+    Its own session keeps a terminal's Ctrl-C from reaching the child directly (JupyterLab would
+    ask "Shut down this Jupyter server?" and carry on), so the child stops exactly once, and the
+    caller stopping stops it whatever signal was used."""
+    import signal
+    import subprocess
+    import threading
+
+    if os.name == "nt":
+        try:
+            return subprocess.call(list(cmd), **popen)
+        except KeyboardInterrupt:
+            return 130
+    proc = subprocess.Popen(list(cmd), start_new_session=True, **popen)
+    received: list[int] = []
+    timer = threading.Timer(grace, _signal_group, (proc.pid, signal.SIGKILL))
+    timer.daemon = True
+
+    def stop(signum, frame):
+        received.append(signum)
+        if len(received) == 1:
+            _signal_group(proc.pid, signal.SIGTERM)
+            timer.start()
+        else:
+            _signal_group(proc.pid, signal.SIGKILL)
+
+    names = STOP_SIGNALS if threading.current_thread() is threading.main_thread() else ()
+    previous = {s: signal.signal(s, stop) for s in
+                (getattr(signal, name) for name in names if hasattr(signal, name))}
     try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 130
+        status = proc.wait()
+    finally:
+        timer.cancel()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        _signal_group(proc.pid, signal.SIGKILL)  # anything left in its process group
+        return 128 + received[0]
+    return status if status >= 0 else 128 - status
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone already
 
 
 def _use_cores() -> None:
@@ -119,6 +179,15 @@ def _run_bench_module(name: str, extra: list[str]) -> int:
               f"(module workbench.bench.{name} does not exist yet)", file=sys.stderr)
         return 2
     return int(module.main(extra) or 0)
+
+
+def _exit_status_epilog(codes: dict[int, str]) -> str:
+    """An "exit status:" block for --help, one wrapped entry per status."""
+    import textwrap
+
+    return "exit status:\n" + "\n".join(
+        textwrap.fill(text, 78, initial_indent=f"  {code}  ", subsequent_indent="     ")
+        for code, text in codes.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,19 +233,27 @@ def build_parser() -> argparse.ArgumentParser:
         module_parser.set_defaults(handler=lambda args, extra, name=name:
                                    _run_bench_module(name, extra))
 
+    from .forcefield.compare import EXIT_CODES
+
     cmp = sub.add_parser(
-        "compare-openmm", allow_abbrev=False,
+        "compare-openmm", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
         help="compare every force-field term with OpenMM's Reference platform",
         description="Load PDB with the force-field XML files the openmm package ships (or your "
-                    "own), evaluate every term in workbench and in OpenMM (float64), print the "
-                    "errors term by term; exit 1 when a term disagrees, 2 when a force is "
-                    "unsupported or the input is bad.")
-    cmp.add_argument("pdb", help="PDB file (with a CRYST1 box for periodic methods)")
+                    "own),\nevaluate every term in workbench and in OpenMM (float64), and print "
+                    "the errors\nterm by term. Warnings and errors go to stderr.",
+        epilog=_exit_status_epilog(EXIT_CODES)
+        + "\n\nexample:\n  workbench compare-openmm data/alanine-dipeptide-water.pdb "
+          "--forcefield amber14-all.xml \\\n      amber14/tip3p.xml --nonbonded PME --cutoff 1.0")
+    cmp.add_argument("pdb", help="PDB file (with a CRYST1 box for the periodic methods), or a "
+                                 "PDBx/mmCIF file named *.cif")
     cmp.add_argument("--forcefield", nargs="+", default=["amber14-all.xml"], metavar="XML",
-                     help="force-field files (default: amber14-all.xml)")
+                     help="force-field files, by path or by the name OpenMM ships them under "
+                          "(amber14/tip3p.xml for water; default: amber14-all.xml)")
     cmp.add_argument("--nonbonded", default="NoCutoff",
                      choices=["NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic", "Ewald", "PME"])
-    cmp.add_argument("--cutoff", type=float, default=1.0, metavar="NM")
+    cmp.add_argument("--cutoff", type=float, default=None, metavar="NM",
+                     help="nonbonded cutoff for the cutoff methods (default 1.0; ignored, with a "
+                          "warning, by NoCutoff); a periodic box must be at least twice as wide")
     cmp.add_argument("--tolerance", type=float, default=1e-6,
                      help="relative energy and RMS force tolerance (default 1e-6)")
     cmp.add_argument("--pme-tolerance", type=float, default=1e-5,

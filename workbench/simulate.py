@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import warnings
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,10 +29,11 @@ import numpy as np
 from . import io as wio
 from . import neighbors as nl
 from . import observables, parallel, xla
+from . import reporters as rep
 from .space import box_volume
 from .dynamics import integrators as integ
 from .potentials.base import overflowed
-from .system import System, UnitWarning, check_settings, placeholder_topology
+from .system import System, UnitWarning, check_settings
 from .units import BAR_PER_KJ_MOL_NM3, BOLTZMANN
 
 Array = jax.Array
@@ -322,14 +323,18 @@ class Simulation:
     # ---------------------------------------------------------------- host loop
     def run(self, n_steps: int, *, trajectory: str | None = None, log: str | None = None,
             progress: bool = True, checkpoint: str | None = None, checkpoint_every: int = 0,
-            reporters: Sequence[Callable[[Chunk], None]] = (), append: bool = False) -> dict:
+            reporters: Sequence = (), append: bool = False) -> dict:
         """Advance exactly ``n_steps`` steps.
 
         Whole chunks run first; a remainder runs as single frames and then as a last stretch of
         fewer than ``report_interval`` steps that reports no frame (as OpenMM's reporters do),
-        each shape compiled once. trajectory: .dcd or .h5 path, frames appended per chunk;
-        log: CSV thermodynamics path; checkpoint: npz path written every ``checkpoint_every``
-        chunks and at the end; reporters: callables receiving each chunk's :class:`Chunk`.
+        each shape compiled once. reporters: :mod:`workbench.reporters` objects (each says how
+        often and what it needs) or plain callables receiving every chunk's :class:`Chunk`.
+        Shortcuts for the common ones: trajectory: .dcd or .h5 path
+        (:class:`~workbench.reporters.TrajectoryReporter`); log: CSV thermodynamics path
+        (:class:`~workbench.reporters.LogReporter`); checkpoint: npz path written every
+        ``checkpoint_every`` chunks and at the end, also after an error or an interrupt
+        (:class:`~workbench.reporters.CheckpointReporter`); append: continue existing files.
         Returns the thermodynamics of all reported frames as arrays (:attr:`log_columns`).
         Interrupting keeps everything written so far."""
         if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 0:
@@ -339,52 +344,56 @@ class Simulation:
         plan = [(self.frames_per_chunk, every)] * n_chunks + [(1, every)] * (rest // every)
         if rest % every:
             plan.append((0, rest % every))  # steps with no reported frame
-        columns = self.log_columns
-        writer = logger = bar = None
-        records: dict[str, list] = {c: [] for c in columns}
+        active = []
+        if trajectory:
+            active.append(rep.TrajectoryReporter(trajectory, append=append))
+        if log:
+            active.append(rep.LogReporter(log, append=append))
+        if checkpoint:
+            active.append(rep.CheckpointReporter(
+                checkpoint, checkpoint_every * self.frames_per_chunk if checkpoint_every else None))
+        active += [r if isinstance(r, rep.Reporter) else _EveryFrame(r) for r in reporters]
+        records: dict[str, list] = {c: [] for c in self.log_columns}
+        seen = 0  # frames reported so far in this run
+        bar = None
+        opened = []
         try:
-            if trajectory:
-                top = self.topology if self.topology is not None else placeholder_topology(self.n_atoms)
-                box = np.asarray(self.state.box) if self.potential.space.periodic else None
-                writer = wio.TrajectoryWriter(trajectory, top, box, append=append)
-            if log:
-                logger = wio.ThermoLog(log, columns, append=append)
+            for r in active:
+                r.open(self)
+                opened.append(r)
             if progress:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=n_steps, unit="step", leave=False)
-            for i, (frames, interval) in enumerate(plan):
+            for frames, interval in plan:
                 try:
-                    frame = self.advance(max(frames, 1), interval)
+                    chunk = self.advance(max(frames, 1), interval)
                 except BlowupError as e:
                     if e.frames is not None and frames:
-                        self._emit(e.frames, writer, logger, records, reporters)
+                        self._emit(e.frames, seen, active, records)
                     raise
                 if frames:
-                    self._emit(frame, writer, logger, records, reporters)
+                    self._emit(chunk, seen, active, records)
+                    seen += len(chunk.positions)
                 if bar is not None:
                     bar.update(max(frames, 1) * interval)
-                if checkpoint and checkpoint_every and (i + 1) % checkpoint_every == 0:
-                    self.save_checkpoint(checkpoint)
-            if checkpoint:
-                self.save_checkpoint(checkpoint)
         finally:
-            for h in (writer, logger, bar):
-                if h is not None:
-                    h.close()
+            if bar is not None:
+                bar.close()
+            for r in opened:
+                r.close()
         return {k: np.asarray(v) for k, v in records.items()}
 
-    def _emit(self, frame: Chunk, writer, logger, records, reporters):
-        if len(frame.positions) == 0:
+    def _emit(self, chunk: Chunk, seen: int, reporters, records):
+        """Hand each reporter the frames of ``chunk`` it asked for (``seen``: frames before)."""
+        if len(chunk.positions) == 0:
             return
-        if writer is not None:
-            writer.write(frame.positions, frame.thermo["time"], frame.boxes)
-        if logger is not None:
-            logger.write(frame.thermo)
         for k in records:
-            records[k].extend(np.asarray(frame.thermo[k]).tolist())
+            records[k].extend(np.asarray(chunk.thermo[k]).tolist())
         for r in reporters:
-            r(frame)
+            part = chunk if r.every == 1 else rep.select(chunk, seen, r.every)
+            if part is not None:
+                r.report(self, part)
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: str) -> None:
@@ -403,6 +412,24 @@ class Simulation:
                 f"this simulation uses {self.integrator.name} with {self.n_atoms}"
             )
         self.state = state
+
+
+class _EveryFrame:
+    """A plain callable ``f(chunk)`` as a reporter of every frame."""
+
+    every, needs = 1, frozenset({"positions", "boxes", "thermo"})
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def open(self, simulation) -> None:
+        pass
+
+    def report(self, simulation, chunk) -> None:
+        self.fn(chunk)
+
+    def close(self) -> None:
+        pass
 
 
 def _looks_molecular(potential) -> bool:
@@ -467,7 +494,7 @@ def _resolve_system(system, args, *, params, positions, masses, constraints, top
     cons = None if constraints is _UNSET else constraints
     out = System(system, params, np.asarray(positions, dtype=float), masses,
                  topology=None if topology is _UNSET else topology, constraint_set=cons,
-                 units="molecular" if molecular else "reduced")
+                 units="molecular" if molecular else "reduced", name="LJ")
     return out, cons, integrator, settings
 
 
