@@ -81,7 +81,6 @@ def lab_command(extra: Sequence[str] = (), notebooks: str | Path | None = None) 
 
 
 def _run_lab(args: argparse.Namespace, extra: list[str]) -> int:
-
     try:
         cmd = lab_command(extra)
     except FileNotFoundError as exc:
