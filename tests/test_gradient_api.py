@@ -11,6 +11,7 @@ import workbench as wb
 from workbench import space
 from workbench.dynamics import integrators as integ
 from workbench.gradients import gradient, reweight as rw
+from workbench.gradients.estimate import FiniteDifference, Implicit, Reweight
 from workbench.potentials import PairPotential
 
 
@@ -71,6 +72,15 @@ def test_implicit_matches_finite_differences(x64):
     # exact: the minimum scales with sigma (lengths of degree 2 and 1), not with epsilon
     np.testing.assert_allclose(np.ravel(im.gradient["sigma"]), [2, 1] * im.value, rtol=1e-7)
     assert np.all(np.abs(im.gradient["epsilon"]) < 1e-7)
+    # the same estimate from estimator objects (options as fields, as diffrax's adjoints)
+    obj = gradient(moment, params, Implicit(**opts))
+    np.testing.assert_allclose(_leaves(obj.gradient), _leaves(im.gradient), rtol=1e-12)
+    fd_obj = gradient(moment, params, FiniteDifference(Implicit(**opts), h=1e-5))
+    np.testing.assert_allclose(_leaves(fd_obj.gradient), _leaves(fd.gradient), rtol=1e-12)
+    with pytest.raises(TypeError, match="carries its own options"):
+        gradient(moment, params, Implicit(**opts), h=1e-3)
+    with pytest.raises(ValueError, match="Backprop or an Implicit"):
+        FiniteDifference(Reweight(pot, None, 1.0))
 
 
 def test_reweight_against_exact_and_option_errors(x64):

@@ -24,8 +24,8 @@ method's diagnostics (effective sample size, horizon, minimizer convergence).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,8 @@ from . import trajectory as tj
 
 Array = jax.Array
 
-__all__ = ["Gradient", "gradient", "METHODS", "value_function"]
+__all__ = ["Gradient", "gradient", "METHODS", "value_function", "estimator", "ESTIMATORS",
+           "Backprop", "Reweight", "Implicit", "FiniteDifference"]
 
 METHODS = ("backprop", "reweight", "implicit", "finite_difference")
 
@@ -59,67 +60,169 @@ class Gradient:
     diagnostics: dict = field(default_factory=dict)
 
 
-def _require(method: str, given: dict, names: tuple[str, ...]):
-    missing = [n for n in names if given.get(n) is None]
-    if missing:
-        raise TypeError(f"gradient(method={method!r}) needs {', '.join(missing)}")
+@dataclass(frozen=True)
+class Backprop:
+    """d/dtheta of the observable's time average along one trajectory, by reverse mode through
+    the steps (:func:`~workbench.gradients.trajectory.trajectory`).
 
+    integrator: an Integrator (or sampler); state: its start (``integrator.init``); settings:
+    its settings pytree; n_steps: steps (structural); every: steps between observations;
+    checkpoint: "sqrt", an int (segment length) or None (store every step); horizon: truncated
+    backpropagation after that many steps (None: the whole trajectory); store_forces: keep each
+    step's forces through the checkpoints (fewer force passes backward)."""
 
-_OPTIONS = {
-    "backprop": ({"integrator", "state", "settings", "n_steps"},
-                 {"every", "checkpoint", "horizon", "store_forces"}),
-    "reweight": ({"potential", "samples", "kT"}, {"aux", "n_blocks", "min_ess", "batch_size"}),
-    "implicit": ({"potential", "positions"},
-                 {"aux", "box", "minimizer", "minimizer_options"}),
-}
+    integrator: Any
+    state: Any
+    settings: Any
+    n_steps: int
+    every: int = 1
+    checkpoint: Any = "sqrt"
+    horizon: int | None = None
+    store_forces: bool = False
+    name: ClassVar[str] = "backprop"
 
-
-def _check_options(method: str, options: dict):
-    required, optional = _OPTIONS[method]
-    unknown = set(options) - required - optional
-    if unknown:
-        raise TypeError(f"gradient(method={method!r}) got unknown options {sorted(unknown)}; "
-                        f"it takes {sorted(required | optional)}")
-    _require(method, options, tuple(sorted(required)))
-
-
-def value_function(observable: Observable, method: str, **options) -> Callable[[Any], Array]:
-    """The pure function ``params -> value`` that ``method`` ("backprop" or "implicit")
-    differentiates: the time average of the observable over the trajectory, or its value at
-    the minimum. jit-able; what :func:`gradient` and the finite-difference check evaluate."""
-    fn = _value_and_info(observable, method, options)
-    return lambda params: fn(params)[0]
-
-
-def _value_and_info(observable: Observable, method: str, options: dict):
-    """``params -> (value, info)`` for "backprop" and "implicit" (info: the minimizer's)."""
-    _check_options(method, options)
-    if method == "backprop":
-        integrator, state = options["integrator"], options["state"]
-        run = tj.trajectory(
-            integrator, int(options["n_steps"]),
-            observable=of_state(observable),
-            every=int(options.get("every") or 1),
-            checkpoint=options.get("checkpoint", "sqrt"), horizon=options.get("horizon"),
-            store_forces=bool(options.get("store_forces", False)))
-        settings = options["settings"]
+    def value_and_info(self, observable: Observable):
+        """``params -> (value, {})``: the time average along the trajectory (jit-able)."""
+        run = tj.trajectory(self.integrator, int(self.n_steps), observable=of_state(observable),
+                            every=int(self.every or 1), checkpoint=self.checkpoint,
+                            horizon=self.horizon, store_forces=bool(self.store_forces))
+        state, settings = self.state, self.settings
 
         def traj_value(params):
             return jnp.mean(run(state, params, settings)[1], axis=0), {}
 
         return traj_value
-    if method == "implicit":
-        pot = options["potential"]
-        solve = options.get("minimizer") or implicit_mod.minimizer(
-            pot, **dict(options.get("minimizer_options") or {}))
-        x0, aux, box = jnp.asarray(options["positions"]), options.get("aux"), options.get("box")
+
+    def estimate(self, observable: Observable, params) -> "Gradient":
+        value, grad, _ = _jacobian(self.value_and_info(observable), params)
+        norm = float(np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree_util.tree_leaves(grad))))
+        return Gradient(value=value, gradient=grad, stderr=None, method=self.name,
+                        diagnostics={"n_steps": int(self.n_steps), "horizon": self.horizon,
+                                     "checkpoint": self.checkpoint, "gradient_norm": norm})
+
+
+@dataclass(frozen=True)
+class Reweight:
+    """d/dtheta of the observable's ensemble average from fixed samples: the fluctuation formula
+    (:func:`~workbench.gradients.reweight.ensemble_gradient`), with block standard errors and
+    the effective sample size.
+
+    potential; samples: :class:`~workbench.gradients.reweight.Samples`; kT (kJ/mol); aux: a
+    neighbor-list template; n_blocks: blocks for the errors; min_ess: warn below this
+    effective fraction; batch_size: frames per compiled batch."""
+
+    potential: Any
+    samples: Any
+    kT: Any
+    aux: Any = None
+    n_blocks: int | None = None
+    min_ess: float | None = None
+    batch_size: int | None = None
+    name: ClassVar[str] = "reweight"
+
+    def estimate(self, observable: Observable, params) -> "Gradient":
+        kw = {k: getattr(self, k) for k in ("aux", "n_blocks", "min_ess", "batch_size")
+              if getattr(self, k) is not None}
+        est = rw.ensemble_gradient(observable, self.potential, params, self.samples, self.kT,
+                                   **kw)
+        return Gradient(value=np.asarray(est.value), gradient=est.gradient, stderr=est.stderr,
+                        method=self.name, diagnostics={"ess": est.ess, "n_frames": est.n_frames})
+
+
+@dataclass(frozen=True)
+class Implicit:
+    """d/dtheta of the observable at the local minimum reached from ``positions``, by the
+    implicit function theorem (:mod:`~workbench.gradients.implicit`).
+
+    potential; positions: (N, 3) nm start of the minimization; aux, box: its neighbor list and
+    box; minimizer: a :func:`~workbench.gradients.implicit.minimizer` (default: built with
+    ``minimizer_options``)."""
+
+    potential: Any
+    positions: Any
+    aux: Any = None
+    box: Any = None
+    minimizer: Any = None
+    minimizer_options: dict | None = None
+    name: ClassVar[str] = "implicit"
+
+    def value_and_info(self, observable: Observable):
+        """``params -> (value at the minimum, the minimizer's info)`` (jit-able)."""
+        pot = self.potential
+        solve = self.minimizer or implicit_mod.minimizer(pot, **dict(self.minimizer_options
+                                                                     or {}))
+        x0, aux, box = jnp.asarray(self.positions), self.aux, self.box
 
         def min_value(params):
             x, info = solve(x0, params, aux, box)
             return observable(x, params, pot.update(x, aux, box), box), info
 
         return min_value
-    raise ValueError(f"value_function: method must be 'backprop' or 'implicit', got {method!r}")
+
+    def estimate(self, observable: Observable, params) -> "Gradient":
+        value, grad, info = _jacobian(self.value_and_info(observable), params)
+        return Gradient(value=value, gradient=grad, stderr=None, method=self.name,
+                        diagnostics={"steps": int(info["steps"]),
+                                     "max_force": float(info["max_force"])})
+
+
+@dataclass(frozen=True)
+class FiniteDifference:
+    """Central differences of the value another estimator computes (``of``: a
+    :class:`Backprop` or :class:`Implicit`), element by element of every leaf, with relative
+    step ``h``: the check the others are tested against. (Reweighted averages need new samples
+    at every point: difference independent runs instead.)"""
+
+    of: Any
+    h: float = 1e-5
+    name: ClassVar[str] = "finite_difference"
+
+    def __post_init__(self):
+        if not isinstance(self.of, (Backprop, Implicit)):
+            raise ValueError("finite differences difference a value computed by a Backprop or "
+                             "an Implicit estimator (of='backprop' or of='implicit'); reweighted "
+                             "averages need new samples at every point")
+        if not (np.isfinite(self.h) and self.h > 0):
+            raise ValueError(f"the finite-difference step h must be positive, got {self.h}")
+
+    def estimate(self, observable: Observable, params) -> "Gradient":
+        fn = self.of.value_and_info(observable)
+        value, grad = _finite_difference(lambda p: fn(p)[0], params, self.h)
+        return Gradient(value=value, gradient=grad, stderr=None, method=self.name,
+                        diagnostics={"of": self.of.name, "h": self.h})
+
+
+ESTIMATORS = {c.name: c for c in (Backprop, Reweight, Implicit)}
+"""Method name -> estimator class (the ``method=`` strings of :func:`gradient`)."""
+
+
+def estimator(method: str, **options):
+    """The estimator object for ``method`` built from keyword ``options`` (unknown or missing
+    ones raise, naming what the method takes)."""
+    if method not in ESTIMATORS:
+        raise ValueError(f"unknown gradient method {method!r}; choose one of {METHODS}")
+    cls = ESTIMATORS[method]
+    names = [f.name for f in fields(cls)]
+    required = [f.name for f in fields(cls) if f.default is MISSING]
+    unknown = set(options) - set(names)
+    if unknown:
+        raise TypeError(f"gradient(method={method!r}) got unknown options {sorted(unknown)}; "
+                        f"it takes {sorted(names)}")
+    missing = [n for n in required if options.get(n) is None]
+    if missing:
+        raise TypeError(f"gradient(method={method!r}) needs {', '.join(missing)}")
+    return cls(**{k: v for k, v in options.items() if v is not None})
+
+
+def value_function(observable: Observable, method: str, **options) -> Callable[[Any], Array]:
+    """The pure function ``params -> value`` that ``method`` ("backprop" or "implicit")
+    differentiates: the time average of the observable over the trajectory, or its value at
+    the minimum. jit-able; what :func:`gradient` and the finite-difference check evaluate."""
+    if method not in ("backprop", "implicit"):
+        raise ValueError(f"value_function: method must be 'backprop' or 'implicit', got "
+                         f"{method!r}")
+    fn = estimator(method, **options).value_and_info(observable)
+    return lambda params: fn(params)[0]
 
 
 def _system_options(system, method: str | None, options: dict) -> dict:
@@ -193,9 +296,13 @@ def _finite_difference(fn, params, h: float):
     return value, jax.tree_util.tree_unflatten(tree, grads)
 
 
-def gradient(observable: Observable, params, method: str = "reweight", *, of: str | None = None,
-             h: float = 1e-5, **options) -> Gradient:
+def gradient(observable: Observable, params, method="reweight", *, of: str | None = None,
+             h: float | None = None, **options) -> Gradient:
     """d(observable)/d(params) by ``method`` (see the module table). Host side.
+
+    ``method`` is an estimator object (:class:`Backprop`, :class:`Reweight`, :class:`Implicit`,
+    :class:`FiniteDifference`: the options are its fields, as diffrax's adjoints are objects)
+    or its name with the options as keywords.
 
     ``params`` may be a :class:`~workbench.system.System`: its params are differentiated, and
     it answers the options below that it can (``potential``, ``positions``, ``box``; for
@@ -218,6 +325,15 @@ def gradient(observable: Observable, params, method: str = "reweight", *, of: st
     * finite_difference: ``of`` ("backprop" or "implicit") and that method's options; ``h``
       the relative step.
     """
+    if not isinstance(method, str):
+        if of is not None or h is not None or options:
+            raise TypeError("an estimator object carries its own options: gradient(observable, "
+                            f"params, {type(method).__name__}(...)) takes no more")
+        from ..system import System
+
+        if isinstance(params, System):
+            params = params.params
+        return method.estimate(observable, params)
     if method not in METHODS:
         raise ValueError(f"unknown gradient method {method!r}; choose one of {METHODS}")
     from ..system import System
@@ -232,25 +348,9 @@ def gradient(observable: Observable, params, method: str = "reweight", *, of: st
             raise ValueError("method='finite_difference' differences a value computed by "
                              "of='backprop' or of='implicit' (reweighted averages need new "
                              "samples at every point: difference independent runs instead)")
-        value, grad = _finite_difference(value_function(observable, of, **options), params, h)
-        return Gradient(value=value, gradient=grad, stderr=None, method=method,
-                        diagnostics={"of": of, "h": h})
-    if of is not None:
-        raise TypeError("of= is only for method='finite_difference'")
-    if method == "reweight":
-        _check_options(method, options)
-        kw = {k: options[k] for k in ("aux", "n_blocks", "min_ess", "batch_size")
-              if options.get(k) is not None}
-        est = rw.ensemble_gradient(observable, options["potential"], params, options["samples"],
-                                   options["kT"], **kw)
-        return Gradient(value=np.asarray(est.value), gradient=est.gradient, stderr=est.stderr,
-                        method=method, diagnostics={"ess": est.ess, "n_frames": est.n_frames})
-    value, grad, info = _jacobian(_value_and_info(observable, method, options), params)
-    if method == "backprop":
-        diag = {"n_steps": int(options["n_steps"]), "horizon": options.get("horizon"),
-                "checkpoint": options.get("checkpoint", "sqrt"),
-                "gradient_norm": float(np.sqrt(sum(np.sum(np.square(g)) for g in
-                                                   jax.tree_util.tree_leaves(grad))))}
+        est = FiniteDifference(estimator(of, **options), 1e-5 if h is None else h)
     else:
-        diag = {"steps": int(info["steps"]), "max_force": float(info["max_force"])}
-    return Gradient(value=value, gradient=grad, stderr=None, method=method, diagnostics=diag)
+        if of is not None or h is not None:
+            raise TypeError("of= and h= are only for method='finite_difference'")
+        est = estimator(method, **options)
+    return est.estimate(observable, params)
