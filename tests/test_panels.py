@@ -230,7 +230,9 @@ def test_default_ranges_put_the_value_on_the_grid():
 
 
 def test_bench_panels_runs_and_reports(tmp_path, capsys):
-    from workbench.bench import panels as bench_panels
+    from workbench.cli import bench_module
+
+    bench_panels = bench_module("panels")
 
     out = tmp_path / "panels.json"
     assert bench_panels.main(["--atoms", "216", "--trials", "2", "--json", str(out)]) == 0

@@ -2,10 +2,11 @@
 
     workbench lab [JUPYTER-ARGS ...]      JupyterLab on the project's notebooks/ directory
     workbench bench lj [OPTIONS]          Lennard-Jones benchmark against jax-md and OpenMM
-    workbench bench panels [ARGS ...]     live-panel benchmark (workbench.bench.panels)
+    workbench bench panels [ARGS ...]     live-panel benchmark
     workbench bench peptide [ARGS ...]    alanine dipeptide (PME, OBC2) against OpenMM-CPU
     workbench bench sampling [ARGS ...]   metadynamics overhead, MBAR vs pymbar, replica exchange
     workbench bench grad [ARGS ...]       trajectory gradients: checkpointed, plain, reversible
+    workbench bench startup [ARGS ...]    seconds to the first frame / chunk, cold and warm
     workbench compare-openmm PDB --forcefield XML [XML ...] [--nonbonded PME] [--cutoff NM]
                                           every force-field term against OpenMM Reference
     workbench --version
@@ -30,7 +31,8 @@ from pathlib import Path
 
 from . import parallel
 
-__all__ = ["build_parser", "lab_command", "main", "notebooks_dir", "run_until_signalled"]
+__all__ = ["BENCHMARKS", "bench_dir", "bench_module", "build_parser", "lab_command", "main",
+           "notebooks_dir", "run_until_signalled"]
 
 _ROOT_FLAGS = ("--ServerApp.root_dir", "--notebook-dir", "--NotebookApp.notebook_dir",
                "--ServerApp.notebook_dir", "--root-dir")
@@ -170,22 +172,57 @@ def _use_cores() -> None:
     parallel.configure_from_env()
 
 
+BENCHMARKS = {
+    "grad": "gradients through 1,000 LJ Langevin steps: checkpointed, plain and reversible",
+    "lj": "Lennard-Jones fluid (LAMMPS in.lj): atom-steps/s, compile and cold-start times",
+    "panels": "live panels: chunk latency and frame rate",
+    "peptide": "alanine dipeptide in water (PME) and in OBC2 against OpenMM-CPU: ns/day",
+    "sampling": "metadynamics overhead, MBAR against pymbar, replica-exchange throughput",
+    "startup": "seconds to the first frame / chunk, cold and with a warm compile cache",
+}
+"""``workbench bench`` NAME -> one-line description: the one registry of benchmark names. The
+code is the module ``workbench_bench.NAME`` in the repository's ``benchmarks/`` folder,
+outside the installed package (:func:`bench_module`)."""
+
+
+def bench_dir(cwd: str | Path | None = None) -> Path | None:
+    """The folder holding the ``workbench_bench`` package: ``benchmarks/`` beside the package
+    source (a checkout or editable install), else under ``cwd``; None when neither has it."""
+    here = Path(__file__).resolve().parent.parent / "benchmarks"
+    for c in (here, Path.cwd() / "benchmarks" if cwd is None else Path(cwd) / "benchmarks"):
+        if (c / "workbench_bench" / "__init__.py").is_file():
+            return c
+    return None
+
+
+def bench_module(name: str):
+    """Import ``workbench_bench.<name>`` from :func:`bench_dir` (put on ``sys.path``). Raises
+    ModuleNotFoundError saying where benchmarks live when there is no checkout."""
+    if name not in BENCHMARKS:
+        raise ModuleNotFoundError(f"no benchmark named {name!r} (module workbench_bench.{name}); "
+                                  f"choose one of {sorted(BENCHMARKS)}", name=name)
+    folder = bench_dir()
+    if folder is None:
+        raise ModuleNotFoundError(
+            "the benchmarks live in the repository's benchmarks/ folder, outside the installed "
+            "package: run `workbench bench` from a checkout (git clone, then `python3 dev.py "
+            "test` or `pip install -e .`)", name="workbench_bench")
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    return importlib.import_module(f"workbench_bench.{name}")
+
+
 def _run_bench_lj(args: argparse.Namespace, extra: list[str]) -> int:
     _use_cores()
-    from .bench import lj
-
-    return lj.run(args)
+    return bench_module("lj").run(args)
 
 
 def _run_bench_module(name: str, extra: list[str]) -> int:
     _use_cores()
     try:
-        module = importlib.import_module(f"workbench.bench.{name}")
+        module = bench_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name != f"workbench.bench.{name}":
-            raise
-        print(f"workbench bench {name}: this benchmark is not available in this version "
-              f"(module workbench.bench.{name} does not exist yet)", file=sys.stderr)
+        print(f"workbench bench {name}: {exc}", file=sys.stderr)
         return 2
     return int(module.main(extra) or 0)
 
@@ -223,21 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Benchmarks; see benchmarks/README.md.")
     bsub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     bsub.required = True
-    from .bench import BENCHMARKS
-
-    lj_parser = bsub.add_parser(
-        "lj", allow_abbrev=False, help=BENCHMARKS["lj"],
-        description="Lennard-Jones fluid (LAMMPS in.lj, NVE, reduced units): workbench against "
-                    "jax-md and OpenMM in one run.")
-    from .bench.lj import add_arguments
-
-    add_arguments(lj_parser)
-    lj_parser.set_defaults(handler=_run_bench_lj, subparser=lj_parser)
-    panels = bsub.add_parser("panels", add_help=False, help=BENCHMARKS["panels"])
-    panels.set_defaults(handler=lambda args, extra: _run_bench_module("panels", extra))
-    peptide = bsub.add_parser("peptide", add_help=False, help=BENCHMARKS["peptide"])
-    peptide.set_defaults(handler=lambda args, extra: _run_bench_module("peptide", extra))
-    for name in ("sampling", "grad"):
+    try:
+        lj_arguments = bench_module("lj").add_arguments
+    except ModuleNotFoundError:
+        lj_arguments = None  # no checkout: `bench lj` says where benchmarks live
+    if lj_arguments is not None:
+        lj_parser = bsub.add_parser(
+            "lj", allow_abbrev=False, help=BENCHMARKS["lj"],
+            description="Lennard-Jones fluid (LAMMPS in.lj, NVE, reduced units): workbench "
+                        "against jax-md and OpenMM in one run.")
+        lj_arguments(lj_parser)
+        lj_parser.set_defaults(handler=_run_bench_lj, subparser=lj_parser)
+    for name in BENCHMARKS:
+        if name == "lj" and lj_arguments is not None:
+            continue
         module_parser = bsub.add_parser(name, add_help=False, help=BENCHMARKS[name])
         module_parser.set_defaults(handler=lambda args, extra, name=name:
                                    _run_bench_module(name, extra))

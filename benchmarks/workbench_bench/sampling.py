@@ -22,15 +22,15 @@ import time
 
 import numpy as np
 
-from ..systems import data_file
+from workbench.systems import data_file
 
 __all__ = ["main", "dipeptide", "metadynamics_overhead", "mbar_comparison", "replica_throughput"]
 
 
 def dipeptide():
     """Alanine dipeptide in vacuum (amber14, HBonds) and its phi, psi CVs."""
-    from ..forcefield.openmm import load
-    from ..sampling import cv
+    from workbench.forcefield.openmm import load
+    from workbench.sampling import cv
 
     system = load(data_file("alanine-dipeptide-vacuum.pdb"), ["amber14-all.xml"],
                   nonbonded_method="NoCutoff", constraints="HBonds")
@@ -53,8 +53,8 @@ def _time_scan(step, state, steps: int, repeats: int) -> float:
 
 def solvated_dipeptide():
     """Alanine dipeptide in 775 TIP3P waters (amber14, PME at 1 nm, HBonds, rigid water)."""
-    from ..forcefield.openmm import load
-    from ..sampling import cv
+    from workbench.forcefield.openmm import load
+    from workbench.sampling import cv
 
     system = load(data_file("alanine-dipeptide-water.pdb"), ["amber14-all.xml",
                                                              "amber14/tip3p.xml"],
@@ -65,9 +65,9 @@ def solvated_dipeptide():
 def metadynamics_overhead(steps: int = 5000, repeats: int = 5, solvated: bool = False) -> dict:
     """Seconds per step of metadynamics and of plain Langevin on alanine dipeptide (in vacuum,
     or solvated with PME)."""
-    from .. import units
-    from ..dynamics import integrators as integ
-    from ..sampling import metadynamics as md
+    from workbench import units
+    from workbench.dynamics import integrators as integ
+    from workbench.sampling import metadynamics as md
 
     system, cvs = solvated_dipeptide() if solvated else dipeptide()
     kT = units.kT_from_kelvin(300.0)
@@ -96,7 +96,7 @@ def replica_throughput(rounds: int = 50, exchange_every: int = 100, replicas: in
     """Replica-steps per second of temperature replica exchange, one device against all."""
     import jax
 
-    from ..sampling import replica as rx
+    from workbench.sampling import replica as rx
 
     system, _ = dipeptide()
     re = rx.replica_exchange(system.potential, exchange_every=exchange_every,
@@ -139,7 +139,7 @@ def mbar_comparison(states: int = 100, samples: int = 100_000) -> dict:
     import jax.numpy as jnp
     import pymbar
 
-    from ..sampling.mbar import mbar
+    from workbench.sampling.mbar import mbar
 
     u, n = _oscillator_data(states, samples)
     u_j, n_j = jnp.asarray(u), jnp.asarray(n, jnp.float64)

@@ -36,9 +36,9 @@ __all__ = ["lattice_system", "main", "measure_gradient"]
 def lattice_system(n_atoms: int, density: float = 0.8442, cutoff: float = 2.5,
                    skin: float = 0.3):
     """An LJ system of exactly ``n_atoms`` on a simple cubic (n^3) or fcc (4 n^3) lattice."""
-    from .. import space as spaces
-    from ..potentials.pair import PairPotential
-    from ..systems import System, fcc_cells_for, fcc_lattice
+    from workbench import space as spaces
+    from workbench.potentials.pair import PairPotential
+    from workbench.systems import System, fcc_cells_for, fcc_lattice
 
     side = round(n_atoms ** (1 / 3))
     if side**3 == n_atoms:
@@ -63,7 +63,7 @@ def _warm_up() -> float:
     import matplotlib  # noqa: F401
     import nglview  # noqa: F401
 
-    from .. import panels  # noqa: F401
+    from workbench import panels  # noqa: F401
 
     jnp.zeros(3).block_until_ready()
     return time.perf_counter() - t0
@@ -79,8 +79,8 @@ def _wait(condition, what: str, limit_s: float = 600.0) -> None:
 
 def measure_first_frame(n_atoms: int, steps_per_chunk: int, seed: int = 0):
     """Returns (figures dict, session, workbench) with the run still going."""
-    from ..panels import Workbench
-    from ..session import Session
+    from workbench.panels import Workbench
+    from workbench.session import Session
 
     t0 = time.perf_counter()
     system = lattice_system(n_atoms)
@@ -164,11 +164,11 @@ def _fit_objective(frames: int):
     the g(r) and pressure of epsilon = sigma = 1, by reweighting ``frames`` frames."""
     import jax.numpy as jnp
 
-    from ..gradients import fit as ft
-    from ..gradients import reweight as rw
-    from ..observables import pair_histogram
-    from ..simulate import Simulation
-    from ..systems import lj_fluid
+    from workbench.gradients import fit as ft
+    from workbench.gradients import reweight as rw
+    from workbench.observables import pair_histogram
+    from workbench.simulate import Simulation
+    from workbench.systems import lj_fluid
 
     kT = 1.5
     fluid = lj_fluid(n_atoms=108, density=0.8, cutoff=2.2, skin=0.3, truncation="switch",
@@ -203,8 +203,8 @@ def measure_gradient(trials: int, jump: float, seed: int = 0, frames: int = 150)
     epsilon moved by +-0.01 (reweighting only) and by +-``jump`` (re-sampling)."""
     import dataclasses
 
-    from ..panels import GradientPanel, ParameterPanel
-    from ..session import GradientSession, Session
+    from workbench.panels import GradientPanel, ParameterPanel
+    from workbench.session import GradientSession, Session
 
     fluid, start, objective = _fit_objective(frames)
     session = Session(dataclasses.replace(fluid, params=start), "langevin",

@@ -1,7 +1,7 @@
 """Peer engines for ``workbench bench lj``: jax-md and OpenMM's CPU platform.
 
-Both run the system of :mod:`workbench.bench.lj` from the same positions and velocities, with the
-same engine interface as :class:`workbench.bench.lj.WorkbenchEngine`: ``Engine(case, chunk,
+Both run the system of :mod:`workbench_bench.lj` from the same positions and velocities, with the
+same engine interface as :class:`workbench_bench.lj.WorkbenchEngine`: ``Engine(case, chunk,
 variant)`` builds everything (neighbor list allocated), ``advance(n_chunks)`` runs
 ``n_chunks * chunk`` steps and blocks, ``total_energy()``, ``initial_potential``, ``builds``
 (neighbor-list builds so far, or None when the engine does not say), ``regrowths``.
@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .lj import CUTOFF, DT, MASS, SKIN, TEMPERATURE, LJCase, probe_chunk
+from .ljcase import CUTOFF, DT, MASS, SKIN, TEMPERATURE, LJCase, probe_chunk, start
 
 __all__ = [
     "JAXMD_FORMATS", "JaxMDEngine", "OpenMMEngine", "PeerUnavailable", "engine_class",
@@ -153,13 +153,11 @@ def jaxmd_fastest(case: LJCase, chunk: int, fmt: str = "auto",
     """Start jax-md in ``fmt`` (or, for "auto", in each format, keeping the one whose probe
     chunk is fastest). Returns (engine, setup_s, compile_s, probe_s), the engine two chunks
     in; ``engine.extra["format_trials"]`` holds each format's probe-chunk seconds."""
-    from .lj import start_engine
-
     formats = JAXMD_FORMATS if fmt == "auto" else (fmt,)
     best, trials = None, {}
     for name in formats:
         try:
-            eng, setup_s, compile_s = start_engine("jax-md", case, chunk, name)
+            eng, setup_s, compile_s = start(JaxMDEngine, case, chunk, name)
             probe_s = probe_chunk(eng)
         except PeerUnavailable:
             raise

@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 
+from workbench_bench import child_env
+
 __all__ = ["main", "measure", "CASES"]
 
 CASES = ("lj", "pme", "obc2")
@@ -43,17 +45,17 @@ def _child(case: str, steps: int) -> dict:
     import jax  # noqa: F401
 
     import workbench  # noqa: F401
-    from workbench.bench.peptide import compile_timer
+    from workbench_bench.peptide import compile_timer
 
     imports = time.perf_counter() - t0
     if case == "openmm_pme" or case == "openmm_obc2":
-        from workbench.bench.peptide import run_openmm
+        from workbench_bench.peptide import run_openmm
 
         return {"first_chunk_s": run_openmm(case.split("_")[1], 0.0, steps)["first_chunk_s"]}
     with compile_timer() as compiled:
         t1 = time.perf_counter()
         if case == "lj":
-            from workbench.bench.panels import lattice_system
+            from workbench_bench.panels import lattice_system
             from workbench.session import Session
 
             system = lattice_system(1000)
@@ -63,7 +65,7 @@ def _child(case: str, steps: int) -> dict:
             assert session.frames_total >= 1
         else:
             from workbench import units
-            from workbench.bench.peptide import DT_PS, SYSTEMS, TEMPERATURE_K
+            from workbench_bench.peptide import DT_PS, SYSTEMS, TEMPERATURE_K
             from workbench.forcefield.openmm import load
             from workbench.simulate import Simulation
             from workbench.systems import data_file
@@ -84,13 +86,13 @@ def _child(case: str, steps: int) -> dict:
 def measure(case: str, cache_dir: str | None, steps: int) -> dict:
     """Run ``case`` in a fresh process with JAX's compilation cache in ``cache_dir`` (None:
     no persistent cache); returns its figures."""
-    env = dict(os.environ)
+    env = child_env()
     for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
         env.pop(k, None)
     if cache_dir is not None:
         env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    code = ("import json, sys; from workbench.bench.startup import _child; "
+    code = ("import json, sys; from workbench_bench.startup import _child; "
             f"print('@@' + json.dumps(_child({case!r}, {int(steps)})))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     for line in out.stdout.splitlines():

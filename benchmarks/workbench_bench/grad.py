@@ -38,6 +38,8 @@ import subprocess
 import sys
 import time
 
+from workbench_bench import child_env
+
 __all__ = ["main", "measure"]
 
 
@@ -118,7 +120,7 @@ def measure(dtype: str, steps: int = 1000, atoms: int = 500, max_gb: float = 12.
                              "checkpointed_gradient": float(ck(one))}
     if dtype == "float32" and frames:
         out["reweighting"] = reweighting(atoms, frames)
-    from workbench.bench.peers import PeerUnavailable
+    from workbench_bench.peers import PeerUnavailable
 
     try:
         out["jax_md"] = jax_md_peer(steps, atoms, max_gb)
@@ -173,7 +175,7 @@ def jax_md_peer(steps: int, atoms: int, max_gb: float) -> dict:
     import jax.numpy as jnp
 
     import workbench as wb
-    from workbench.bench.peers import _require, _version, jax_md_lj
+    from workbench_bench.peers import _require, _version, jax_md_lj
 
     jax_md = _require("jax_md", "jax-md")
     from jax_md import simulate
@@ -215,8 +217,8 @@ def jax_md_peer(steps: int, atoms: int, max_gb: float) -> dict:
 
 
 def _child(dtype: str, steps: int, atoms: int, max_gb: float, frames: int) -> dict:
-    env = dict(os.environ, JAX_ENABLE_X64="1" if dtype == "float64" else "0")
-    cmd = [sys.executable, "-m", "workbench.bench.grad", "--one", dtype, "--steps", str(steps),
+    env = child_env(dict(os.environ, JAX_ENABLE_X64="1" if dtype == "float64" else "0"))
+    cmd = [sys.executable, "-m", "workbench_bench.grad", "--one", dtype, "--steps", str(steps),
            "--atoms", str(atoms), "--max-gb", str(max_gb), "--frames", str(frames)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode:

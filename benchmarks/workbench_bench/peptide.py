@@ -24,7 +24,7 @@ import os
 import platform
 import time
 
-from ..systems import data_file
+from workbench.systems import data_file
 
 __all__ = ["main", "SYSTEMS", "run_workbench", "run_openmm"]
 
@@ -66,9 +66,9 @@ def compile_timer():
 
 def run_workbench(name: str, seconds: float, steps_per_chunk: int) -> dict:
     """Build, compile, run ``name`` for about ``seconds``; returns its figures."""
-    from .. import units
-    from ..forcefield.openmm import load
-    from ..simulate import Simulation
+    from workbench import units
+    from workbench.forcefield.openmm import load
+    from workbench.simulate import Simulation
 
     spec = SYSTEMS[name]
     t0 = time.perf_counter()

@@ -38,69 +38,21 @@ from typing import Any
 
 import numpy as np
 
+from workbench_bench import child_env
+from workbench_bench.ljcase import (  # noqa: F401 (re-exported: the benchmark's definition)
+    CUTOFF, DENSITY, DT, MASS, SKIN, TEMPERATURE, LJCase, check_atoms, lj_case, probe_chunk,
+    start,
+)
+
 __all__ = [  # noqa: RUF022 (grouped: constants, classes, functions)
     "DENSITY", "TEMPERATURE", "CUTOFF", "SKIN", "DT", "MASS", "PEERS",
     "LJCase", "EngineResult", "WorkbenchEngine", "lj_case", "check_atoms", "measure",
     "probe_chunk", "cold_start", "machine_info", "format_table", "add_arguments", "run", "main",
 ]
 
-DENSITY = 0.8442
-TEMPERATURE = 1.44
-CUTOFF = 2.5
-SKIN = 0.3
-DT = 0.005
-MASS = 1.0
 PEERS = ("jax-md", "openmm")
 _PEER_ALIASES = {"jax-md": "jax-md", "jax_md": "jax-md", "jaxmd": "jax-md", "openmm": "openmm"}
 ENGINES = ("workbench",) + PEERS
-
-
-# ------------------------------------------------------------------------------ the system
-@dataclass(frozen=True, eq=False)
-class LJCase:
-    """The benchmark system. positions, velocities: (N, 3) float64 (sigma, sigma/tau);
-    box_length: cubic box edge (sigma); seed: the velocity draw's seed."""
-
-    n_atoms: int
-    positions: np.ndarray
-    velocities: np.ndarray
-    box_length: float
-    seed: int
-
-    @property
-    def kinetic_energy(self) -> float:
-        """0.5 m sum v^2 (epsilon)."""
-        return 0.5 * MASS * float(np.sum(self.velocities**2))
-
-
-def check_atoms(n_atoms: int) -> int:
-    """Cubic fcc cells per side for ``n_atoms`` (must be 4 n^3 with n >= 4, so that
-    cutoff + skin fits in half the box); raises ValueError naming the nearest valid sizes."""
-    from workbench.systems import fcc_cells_for
-
-    n = fcc_cells_for(int(n_atoms))
-    a = (4.0 / DENSITY) ** (1.0 / 3.0)
-    if n * a < 2.0 * (CUTOFF + SKIN):
-        raise ValueError(
-            f"{n_atoms} atoms give a box of {n * a:.2f} sigma, smaller than twice cutoff + skin "
-            f"({2 * (CUTOFF + SKIN):.1f}); use at least 256 atoms (4 * 4^3)"
-        )
-    return n
-
-
-def lj_case(n_atoms: int, seed: int = 0) -> LJCase:
-    """Build the in.lj start state for ``n_atoms`` = 4 n^3 atoms (seeded velocities)."""
-    from workbench.systems import fcc_lattice
-
-    n = check_atoms(n_atoms)
-    a = (4.0 / DENSITY) ** (1.0 / 3.0)
-    positions = fcc_lattice(n, a)
-    rng = np.random.default_rng(seed)
-    v = rng.normal(size=positions.shape) * math.sqrt(TEMPERATURE / MASS)
-    v -= v.mean(axis=0)
-    dof = 3 * n_atoms - 3
-    v *= math.sqrt(TEMPERATURE * dof / (MASS * np.sum(v**2)))
-    return LJCase(int(n_atoms), positions, v, float(n * a), int(seed))
 
 
 # ------------------------------------------------------------------------------ engines
@@ -155,7 +107,7 @@ class WorkbenchEngine:
 
 def engine_class(name: str) -> type:
     """The engine class for ``name`` (peers are imported lazily; raises
-    :class:`workbench.bench.peers.PeerUnavailable` when a peer package is missing)."""
+    :class:`workbench_bench.peers.PeerUnavailable` when a peer package is missing)."""
     if name == "workbench":
         return WorkbenchEngine
     from . import peers
@@ -194,25 +146,7 @@ def _log(msg: str) -> None:
 
 def start_engine(name: str, case: LJCase, chunk: int, variant: str | None = None):
     """Build an engine and run its first chunk; returns (engine, setup_s, compile_s)."""
-    cls = engine_class(name)
-    t0 = time.perf_counter()
-    eng = cls(case, chunk, variant)
-    t1 = time.perf_counter()
-    eng.advance(1)
-    return eng, t1 - t0, time.perf_counter() - t1
-
-
-def probe_chunk(eng) -> float:
-    """Wall time (s) of one more chunk of a started engine, steady state: a chunk that had to
-    grow the neighbor list (and be recomputed) is not representative, so it is probed again."""
-    for _ in range(3):
-        regrowths = eng.regrowths
-        t0 = time.perf_counter()
-        eng.advance(1)
-        elapsed = time.perf_counter() - t0
-        if eng.regrowths == regrowths:
-            break
-    return elapsed
+    return start(engine_class(name), case, chunk, variant)
 
 
 def measure(name: str, case: LJCase, chunk: int, steps: int | None, repeat: int = 1,
@@ -259,9 +193,9 @@ def cold_start(name: str, n_atoms: int, chunk: int, seed: int = 0,
     cache). Returns ``{"import_s", "first_chunk_s"}`` (s); raises RuntimeError on failure."""
     spec = json.dumps({"engine": name, "n_atoms": n_atoms, "chunk": chunk, "seed": seed,
                        "variant": variant})
-    env = dict(os.environ, JAX_ENABLE_COMPILATION_CACHE="false")
+    env = child_env(dict(os.environ, JAX_ENABLE_COMPILATION_CACHE="false"))
     # The clock starts before ``import workbench`` (which imports JAX) so imports are timed.
-    code = ("import sys, time; t0 = time.perf_counter(); from workbench.bench import lj; "
+    code = ("import sys, time; t0 = time.perf_counter(); from workbench_bench import lj; "
             "sys.exit(lj._cold_worker(sys.argv[1], t0))")
     proc = subprocess.run([sys.executable, "-c", code, spec],
                           capture_output=True, text=True, env=env, check=False)
