@@ -29,7 +29,7 @@ def _npt_density(T, rho, anisotropic, seed, chunks=10):
     for _ in range(chunks):
         frame = sim.advance()
         dens.append(n / np.abs(np.linalg.det(frame.boxes)))
-    baro = sim.state.extra[0]
+    baro = bs.barostat_state(sim.state)
     return np.concatenate(dens), baro, sim
 
 

@@ -110,8 +110,9 @@ def _run_walkers(sampler, params, settings, walkers, steps, chunks, record):
         def body(c, _):
             c = sampler.step_walkers(c, params, settings, energy=False)
             s = c.positions[:, 0, 0]
-            v = jax.vmap(lambda x: sampler.bias.bias_at(x[None], {"table": c.extra.table}))(s)
-            return c, (s, v - md.rct(sampler, c.extra, settings.kT))
+            table = md.bias_state(c).table
+            v = jax.vmap(lambda x: sampler.bias.bias_at(x[None], {"table": table}))(s)
+            return c, (s, v - md.rct(sampler, md.bias_state(c), settings.kT))
         return jax.lax.scan(body, state, None, length=steps)
 
     for _ in range(chunks):
@@ -129,12 +130,12 @@ def test_well_tempered_metadynamics_recovers_the_double_well():
     estimates, samples = [], []
 
     def record(state, out):
-        estimates.append(md.free_energy(sampler, state.extra)[1])
+        estimates.append(md.free_energy(sampler, md.bias_state(state))[1])
         samples.append(tuple(np.asarray(o) for o in out))
 
     state = _run_walkers(sampler, params, settings, walkers=8, steps=10000, chunks=16,
                          record=record)
-    assert int(state.extra.n_hills) == 8 * 16 * 10000 // 50
+    assert int(md.bias_state(state).n_hills) == 8 * 16 * 10000 // 50
     x = sampler.bias.grid.axes()[0]
     exact = exact_double_well(x)
     region = exact < 3.0 * KT  # the sampled region, wells and barrier (5 kT: region < 3 kT)
@@ -195,14 +196,14 @@ def test_well_tempered_metadynamics_recovers_mueller_brown():
             c = jax.lax.fori_loop(0, 10, lambda i, c: sampler.step_walkers(
                 c, {}, settings, energy=False), c)
             s = c.positions[:, 0, :2]
-            v = jax.vmap(lambda x: sampler.bias.bias_at(x, {"table": c.extra.table}))(s)
-            return c, (s, v - md.rct(sampler, c.extra, settings.kT))
+            v = jax.vmap(lambda x: sampler.bias.bias_at(x, {"table": md.bias_state(c).table}))(s)
+            return c, (s, v - md.rct(sampler, md.bias_state(c), settings.kT))
         return jax.lax.scan(body, state, None, length=8000)
 
     hills, samples = [], []
     for _ in range(16):
         state, out = chunk(state)
-        hills.append(md.free_energy(sampler, state.extra)[1])
+        hills.append(md.free_energy(sampler, md.bias_state(state))[1])
         samples.append([np.asarray(o) for o in out])
     xg, yg = sampler.bias.grid.axes()
     xx, yy = np.meshgrid(xg, yg, indexing="ij")
@@ -235,7 +236,7 @@ def test_metadynamics_runs_in_the_simulation_driver_without_recompiling():
                      dict(dt=0.01, kT=KT, gamma=5.0), np.array([[-1.0, 0.0, 0.0]]),
                      report_interval=100, frames_per_chunk=2, seed=1)
     frame = sim.advance()
-    assert int(sim.state.extra.n_hills) == 20
+    assert int(md.bias_state(sim.state).n_hills) == 20
     # the reported energy is the system's, not the biased one
     r = frame.positions[-1]
     assert frame.thermo["potential"][-1] == pytest.approx(
@@ -245,7 +246,7 @@ def test_metadynamics_runs_in_the_simulation_driver_without_recompiling():
         sim.set_params({"h": jnp.asarray(h)})
         sim.advance()
     assert sim.compile_count == 1
-    assert int(sim.state.extra.n_hills) == 80
+    assert int(md.bias_state(sim.state).n_hills) == 80
 
 
 def test_bad_metadynamics_input_is_named():

@@ -59,7 +59,7 @@ code("""sampler = metad.metadynamics(system.potential, (phi, psi), sigma=SIGMA, 
 session = Session(system, sampler, dict(dt=0.002, kT=kT, gamma=1.0), positions=start,
                   report_interval=250, frames_per_chunk=4, seed=0)
 session.run_blocking(n_steps=BLOCKING_STEPS)
-print(f"{int(session.simulation.state.extra.n_hills)} hills after {session.step * 0.002:.0f} ps, "
+print(f"{int(metad.bias_state(session.simulation.state).n_hills)} hills after {session.step * 0.002:.0f} ps, "
       f"{session.steps_per_second:.0f} steps/s, compiles: {session.compile_count}")"""),
 md("""## Live
 
@@ -80,7 +80,7 @@ fig.colorbar(cs, label="F (kJ/mol)")
 path = np.degrees(panel.cv_series)
 ax.plot(path[:, 0], path[:, 1], "w.", ms=1, alpha=0.3)
 ax.set(xlabel="phi (deg)", ylabel="psi (deg)",
-       title=f"{int(session.simulation.state.extra.n_hills)} hills, {session.step * 0.002:.0f} ps")
+       title=f"{int(metad.bias_state(session.simulation.state).n_hills)} hills, {session.step * 0.002:.0f} ps")
 
 
 def basin(phi_deg, psi_deg, width=30.0):

@@ -98,7 +98,7 @@ cat = lambda rows, k: np.concatenate([r[k] for r in rows])  # noqa: E731
 u_mc, u_md = cat(thermo_mc, "potential") / N_ATOMS, cat(thermo_md, "potential") / N_ATOMS
 p_mc = rho * T + cat(thermo_mc, "pressure")
 p_md = cat(thermo_md, "pressure")
-print(f"Monte Carlo: U/N = {u_mc.mean():.3f}, P = {p_mc.mean():.3f} (acceptance {sim_mc.state.extra.acceptance():.2f})")
+print(f"Monte Carlo: U/N = {u_mc.mean():.3f}, P = {p_mc.mean():.3f} (acceptance {montecarlo.mc_state(sim_mc.state).acceptance():.2f})")
 print(f"Langevin MD: U/N = {u_md.mean():.3f}, P = {p_md.mean():.3f}")
 r, g_mc = radial_distribution(fluid.space, np.concatenate(frames_mc), 3.0, 90)
 _, g_md = radial_distribution(fluid.space, np.concatenate(frames_md), 3.0, 90)
@@ -109,7 +109,9 @@ ax.set(xlabel="r (sigma)", ylabel="g(r)")
 ax.legend()"""),
     md("""## 3. NPT with a Monte Carlo barostat
 
-Every 25 Langevin steps a random volume change is proposed, with the particles' positions scaled with the box, and accepted on dU + P dV - N kT ln(V'/V). The tail correction of the truncated potential is added as an energy term of the box, so the barostat sees the full Lennard-Jones potential. The target pressure is the Johnson-Zollweg-Gubbins equation-of-state value for rho* = 0.5 at T* = 2.0 (P* = 1.0775); the density should settle at 0.5 (the tests check this within 1.5%)."""),
+Every 25 Langevin steps a random volume change is proposed, with the particles' positions scaled with the box, and accepted on dU + P dV - N kT ln(V'/V). The tail correction of the truncated potential is added as an energy term of the box, so the barostat sees the full Lennard-Jones potential. The target pressure is the Johnson-Zollweg-Gubbins equation-of-state value for rho* = 0.5 at T* = 2.0 (P* = 1.0775); the density should settle at 0.5 (the tests check this within 1.5%).
+
+The barostat is a sampler around an integrator (`integrator=`, a name or an integrator object) and is itself an integrator, so samplers compose: `metadynamics(system, cvs, ..., integrator=npt)` is NPT metadynamics, `umbrella(system, cvs, centers, k, integrator=npt)` NPT umbrella windows. Each sampler keeps its own state under its own key of `state.extra`; read the barostat's with `barostat.barostat_state(state)`."""),
     code("""n = N_ATOMS
 gas = wb.lj_fluid(n_atoms=n, density=0.45, cutoff=2.5, skin=0.5, truncation="cut")
 full = Sum({"pair": gas.potential, "tail": gas.potential.tail_term(n)})
@@ -126,7 +128,7 @@ ax.plot(np.arange(len(density)) * 25 * 0.005, density)
 ax.axhline(0.5, color="k", lw=0.8, ls="--")
 ax.set(xlabel="time (tau)", ylabel="density")
 print(f"<rho> over the second half: {density[len(density) // 2:].mean():.3f} (EOS: 0.500); "
-      f"barostat acceptance {sim.state.extra[0].acceptance():.2f}")"""),
+      f"barostat acceptance {barostat.barostat_state(sim.state).acceptance():.2f}")"""),
     md("""## Exercises
 
 1. Shrink the ladder to 3 replicas between kT = 1 and 12. What happens to the acceptance and the round trips, and to the lowest rung's left-well fraction?

@@ -61,15 +61,15 @@ def metadynamics_run(system, cvs, kT, ns: float, walkers: int, seed: int):
             c = jax.lax.fori_loop(0, stride, lambda i, c: sampler.step_walkers(
                 c, system.params, settings, energy=False), c)
             s = jax.vmap(lambda r, b: cvs_mod.values(cvs, r, b))(c.positions, c.box)
-            v = jax.vmap(lambda x: sampler.bias.bias_at(x, {"table": c.extra.table}))(s)
-            return c, (s, v - md.rct(sampler, c.extra, settings.kT))
+            v = jax.vmap(lambda x: sampler.bias.bias_at(x, {"table": md.bias_state(c).table}))(s)
+            return c, (s, v - md.rct(sampler, md.bias_state(c), settings.kT))
         return jax.lax.scan(body, state, None, length=200)  # 100 ps per chunk
 
     chunks = max(int(round(ns * 10)), 2)
     hills, samples = [], []
     for i in range(chunks):
         state, out = chunk(state)
-        hills.append(md.free_energy(sampler, state.extra)[1])
+        hills.append(md.free_energy(sampler, state)[1])
         samples.append([np.asarray(o) for o in out])
         print(f"  metadynamics: {(i + 1) * 0.1:.1f} ns per walker", flush=True)
     axes = sampler.bias.grid.axes()

@@ -58,7 +58,7 @@ def workbench_density(topology, positions, ff_files, cutoff, n_eq, n_run, every,
         from workbench.dynamics import constraints as cmod
         err = max(err, float(np.max(np.abs(np.asarray(
             cmod.constraint_errors(frame.positions[-1], cons))))))
-    baro = sim.state.extra[0]
+    baro = bs.barostat_state(sim.state)
     return np.concatenate(dens), err, baro.acceptance()
 
 

@@ -32,6 +32,7 @@ from . import observables, parallel, xla
 from . import reporters as rep
 from .space import box_volume
 from .dynamics import integrators as integ
+from .dynamics.registry import CONSTRAINED, INTEGRATORS  # the one name table
 from .potentials.base import overflowed
 from .system import System, UnitWarning, check_settings
 from .units import BAR_PER_KJ_MOL_NM3, BOLTZMANN
@@ -39,18 +40,6 @@ from .units import BAR_PER_KJ_MOL_NM3, BOLTZMANN
 Array = jax.Array
 
 __all__ = ["Simulation", "BlowupError", "Chunk", "Frame", "INTEGRATORS"]
-
-INTEGRATORS = {
-    "verlet": integ.velocity_verlet,
-    "velocity_verlet": integ.velocity_verlet,
-    "langevin": integ.langevin,
-    "nose_hoover": integ.nose_hoover_chain,
-    "nose_hoover_chain": integ.nose_hoover_chain,
-    "brownian": integ.brownian,
-}
-
-CONSTRAINED = (integ.velocity_verlet, integ.langevin)
-"""Integrator factories that take ``constraints``."""
 
 LOG_COLUMNS = ["step", "time", "potential", "kinetic", "total", "kT", "pressure",
                "conserved"]

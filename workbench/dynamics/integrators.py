@@ -13,13 +13,23 @@ Each factory takes a potential (see :mod:`workbench.potentials.base`) and return
 Factories: :func:`velocity_verlet` (NVE), :func:`langevin` (BAOAB, NVT),
 :func:`nose_hoover_chain` (NVT, deterministic), :func:`brownian` (overdamped Langevin).
 Units: nm, ps, amu, kJ/mol; ``kT`` in kJ/mol, friction ``gamma`` in 1/ps, ``tau`` in ps.
+
+Composition (optax-chain style): samplers (:mod:`workbench.sampling`) are Integrators that wrap
+an inner Integrator, which may itself be a sampler. Every Integrator can be rebuilt on another
+potential (:meth:`Integrator.with_potential`, through the ``rebuild`` each factory sets), which
+is how a biasing sampler runs everything inside it on the biased potential. Each sampler keeps
+its own fields in ``state.extra[key]`` (a dict keyed by sampler: :func:`sampler_state`,
+:func:`with_sampler_state`), so nested samplers never clobber each other; plain integrators
+carry ``extra`` through unchanged. :meth:`Integrator.ensemble` names what a (nested) sampler
+samples: the potential and params its innermost integrator runs on at a state, and the
+pressure of an NPT sampler (replica exchange and the barostat use it).
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +59,13 @@ __all__ = [
     "brownian",
     "maxwell_boltzmann",
     "kinetic_energy",
+    "Ensemble",
+    "sampler_state",
+    "with_sampler_state",
+    "without_sampler_state",
+    "check_free_key",
+    "every",
+    "layers",
 ]
 
 
@@ -67,9 +84,10 @@ class MDState:
     """positions, velocities, forces: (N, 3) in nm, nm/ps, kJ/mol/nm; masses: (N,) amu;
     potential_energy: () kJ/mol; aux: the potential's neighbor list (or None); box: (3, 3) nm,
     rows are the box vectors (zeros in free space; a barostat changes it); key: PRNG key;
-    step: () int; chain: thermostat state or None; extra: a sampler's own fields (a
-    metadynamics bias, Monte Carlo step sizes, ...), any pytree or None; integrators carry it
-    through unchanged."""
+    step: () int; chain: thermostat state or None; extra: the samplers' own fields, a dict
+    keyed by sampler (``{"metadynamics": MetadState, "barostat": BarostatState, ...}``; read
+    and written with :func:`sampler_state` / :func:`with_sampler_state`), or None when no
+    sampler is involved; integrators carry it through unchanged."""
 
     positions: Array
     velocities: Array
@@ -118,12 +136,27 @@ class BrownianSettings:
     gamma: Array  # 1/ps
 
 
+class Ensemble(NamedTuple):
+    """What a (possibly nested) sampler samples at one state: ``potential`` and ``params``, the
+    energy its innermost integrator runs on (with a sampler's bias filled in from the state),
+    and ``pressure`` (kJ/mol/nm^3; 0 for constant volume). The reduced energy of a
+    configuration (positions, box) is (U + P V) / kT."""
+
+    potential: Any
+    params: Any
+    pressure: Any
+
+
 @dataclass(frozen=True, eq=False)
 class Integrator:
     """An ``init``/``step`` pair with its settings class and degrees of freedom.
 
     ``dof(n)``: degrees of freedom for temperature (3N - 3 when total momentum is conserved).
     ``conserved(state, settings)``: the quantity the exact dynamics conserves (kJ/mol), if any.
+    ``rebuild(potential)``: the same integrator (kind, constraints, structural options, inner
+    samplers) on another potential; every factory sets it (see :meth:`with_potential`).
+    ``ensemble_fn(state, params) -> Ensemble``: set by samplers that change what is sampled
+    (a bias, a pressure); None means ``Ensemble(potential, params, 0)`` (see :meth:`ensemble`).
     """
 
     name: str
@@ -134,6 +167,26 @@ class Integrator:
     conserved: Callable[..., Array] | None = None
     potential: Any = field(default=None, repr=False)
     constraints: Any = field(default=None, repr=False)
+    rebuild: Callable[[Any], "Integrator"] | None = field(default=None, repr=False)
+    ensemble_fn: Callable[[MDState, Any], Ensemble] | None = field(default=None, repr=False)
+
+    def with_potential(self, potential) -> "Integrator":
+        """This integrator on ``potential`` (an energy term): what a biasing sampler calls to
+        run its inner integrator (and everything inside that) on the biased potential. Returns
+        ``self`` when ``potential`` is already this integrator's. Structural: it builds anew."""
+        if potential is self.potential:
+            return self
+        if self.rebuild is None:
+            raise TypeError(f"{self.name} cannot be rebuilt on another potential (it was made "
+                            "without a rebuild function); build it with one of the factories")
+        return self.rebuild(potential)
+
+    def ensemble(self, state: MDState, params) -> Ensemble:
+        """The :class:`Ensemble` this integrator samples at ``state`` with ``params`` (its own
+        potential's params, as its ``step`` takes them)."""
+        if self.ensemble_fn is None:
+            return Ensemble(self.potential, params, 0.0)
+        return self.ensemble_fn(state, params)
 
     def settings(self, **values) -> Any:
         """Build the numeric settings pytree; every field is required, unknown names raise."""
@@ -152,6 +205,66 @@ class Integrator:
                 raise ValueError(f"{self.name} setting {k} must be positive and finite, got {v}")
             out[k] = jnp.asarray(v, dtype=jnp.result_type(float))
         return self.settings_class(**out)
+
+
+def sampler_state(state: MDState, key: str) -> Any:
+    """The fields sampler ``key`` keeps in ``state.extra`` (e.g. ``"metadynamics"``); a
+    KeyError names the samplers the state has."""
+    extra = state.extra
+    if not isinstance(extra, dict) or key not in extra:
+        have = sorted(extra) if isinstance(extra, dict) else []
+        raise KeyError(f"this state has no {key!r} sampler state (samplers in state.extra: "
+                       f"{have}); was it made by a sampler stored under another key?")
+    return extra[key]
+
+
+def with_sampler_state(state: MDState, key: str, value: Any) -> MDState:
+    """``state`` with ``state.extra[key] = value`` (a new dict; the other samplers' entries
+    kept)."""
+    extra = state.extra
+    if extra is None:
+        extra = {}
+    if not isinstance(extra, dict):
+        raise TypeError(f"state.extra must be a dict keyed by sampler, got {type(extra).__name__}")
+    return replace(state, extra={**extra, key: value})
+
+
+def without_sampler_state(state: MDState, key: str) -> MDState:
+    """``state`` without sampler ``key``'s entry in ``state.extra`` (walkers strip their
+    shared bias this way before a ``vmap``)."""
+    extra = dict(state.extra or {})
+    extra.pop(key, None)
+    return replace(state, extra=extra)
+
+
+def check_free_key(state: MDState, key: str, name: str) -> None:
+    """Refuse a second sampler under the same key (nested samplers of one kind need distinct
+    ``key=`` arguments)."""
+    if isinstance(state.extra, dict) and key in state.extra:
+        raise ValueError(f"{name}: an inner sampler already keeps its state under {key!r}; give "
+                         f"one of them another key= (e.g. key='{key}2')")
+
+
+def every(step: Array, n: int) -> Array:
+    """() bool: ``step % n == 0``, the trigger of a sampler's periodic move (a volume move, a
+    hill). Under :func:`~workbench.neighbors.shared_rebuilds` (replicas, windows, walkers, which
+    step in lockstep) it is one decision for the whole batch, so the ``lax.cond`` it drives stays
+    a cond under ``vmap`` instead of a select that runs the move on every step."""
+    from ..neighbors import _batch_axis
+
+    due = step % n == 0
+    axis = _batch_axis.get()
+    if axis is not None:
+        due = jax.lax.psum(due.astype(jnp.int32), axis) > 0
+    return due
+
+
+def layers(integrator: "Integrator"):
+    """The integrator and every integrator nested inside it (through ``.inner``), outermost
+    first."""
+    while integrator is not None:
+        yield integrator
+        integrator = getattr(integrator, "inner", None)
 
 
 def _unconstrained(model, name: str):
@@ -323,6 +436,7 @@ def velocity_verlet(potential, constraints=None) -> Integrator:
     return Integrator(
         "velocity_verlet", _make_init(potential, None, True, constraints=constraints), step,
         VerletSettings, _dof(constraints, remove_com=True), conserved, potential, constraints,
+        rebuild=lambda p: velocity_verlet(p, constraints),
     )
 
 
@@ -373,6 +487,7 @@ def langevin(potential, constraints=None) -> Integrator:
     return Integrator(
         "langevin", _make_init(potential, _kT, False, constraints=constraints), step,
         LangevinSettings, _dof(constraints, remove_com=False), None, potential, constraints,
+        rebuild=lambda p: langevin(p, constraints),
     )
 
 
@@ -445,6 +560,7 @@ def nose_hoover_chain(potential, chain_length: int = 3) -> Integrator:
     return Integrator(
         "nose_hoover_chain", _make_init(potential, _kT, True, chain_length), step,
         NoseHooverSettings, _dof(None, remove_com=True), conserved, potential,
+        rebuild=lambda p: nose_hoover_chain(p, chain_length),
     )
 
 
@@ -468,5 +584,5 @@ def brownian(potential) -> Integrator:
 
     return Integrator(
         "brownian", _make_init(potential, None, False), step, BrownianSettings,
-        _dof(None, remove_com=False), None, potential,
+        _dof(None, remove_com=False), None, potential, rebuild=brownian,
     )

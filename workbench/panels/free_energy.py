@@ -6,7 +6,8 @@ Data path as the simulation panel's: the session's runner thread calls :meth:`_o
 only evaluates the CVs of the new frames (one jitted ``vmap``) and marks the panel dirty; a
 :class:`~workbench.panels.runner.LiveUpdater` thread redraws (matplotlib Agg into an
 ``ipywidgets.Image``) at most ``plot_rate`` times per second from the sampler's state, read from
-the session (the bias lives in ``state.extra``).
+the session (the bias lives in ``state.extra``, read through
+:func:`~workbench.sampling.metadynamics.bias_state`).
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ class FreeEnergyPanel(widgets.VBox):
     (:func:`workbench.sampling.metadynamics.metadynamics`).
 
     session: the :class:`~workbench.session.Session`; sampler: its Metadynamics (default: the
-    session's integrator). reference: optional exact F on the sampler's grid (kJ/mol) drawn
+    session's integrator, or the metadynamics sampler nested inside it, e.g. under a
+    barostat). reference: optional exact F on the sampler's grid (kJ/mol) drawn
     dashed (1-D). f_max: top of the colour / y scale (kJ/mol). plot_rate: redraws per second.
     ``exchange_stats``: optional callable returning :class:`ExchangeStats` to draw as well."""
 
@@ -122,10 +124,14 @@ class FreeEnergyPanel(widgets.VBox):
                  plot_rate: float = 2.0, exchange_stats=None, width_px: int = 720):
         import jax
 
+        from ..dynamics.integrators import layers
         from ..sampling import cv as cvs_mod
         from ..sampling.metadynamics import Metadynamics
 
-        sampler = sampler if sampler is not None else session.simulation.integrator
+        if sampler is None:  # the session's integrator, or the metadynamics nested inside it
+            found = [s for s in layers(session.simulation.integrator)
+                     if isinstance(s, Metadynamics)]
+            sampler = found[0] if found else session.simulation.integrator
         if not isinstance(sampler, Metadynamics):
             raise TypeError("FreeEnergyPanel needs a metadynamics sampler: build the session with "
                             "integrator=workbench.sampling.metadynamics.metadynamics(...)")
@@ -177,10 +183,12 @@ class FreeEnergyPanel(widgets.VBox):
         """(grid axes, F) from the session's current bias (kJ/mol, minimum 0)."""
         from ..sampling.metadynamics import free_energy
 
-        return free_energy(self.sampler, self.session.simulation.state.extra)
+        return free_energy(self.sampler, self.session.simulation.state)
 
     def _refresh(self) -> None:
-        meta = self.session.simulation.state.extra
+        from ..sampling.metadynamics import bias_state
+
+        meta = bias_state(self.session.simulation.state, self.sampler)
         axes, f = self.free_energy()
         hills = int(meta.n_hills)
         title = f"{hills} hills, bias factor {float(meta.bias_factor):g}"

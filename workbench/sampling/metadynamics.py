@@ -1,11 +1,19 @@
 """Well-tempered metadynamics on one or two CVs, as a sampler with the integrators' contract.
 
-:func:`metadynamics` wraps an MD integrator: it builds the integrator on the biased system
-``Sum({"system": potential, "bias": GridBias})`` and returns an
+:func:`metadynamics` wraps an integrator or another sampler: it builds (or rebuilds, through
+:meth:`~workbench.dynamics.integrators.Integrator.with_potential`) the inner one on the biased
+system ``Sum({"system": potential, "bias": GridBias})`` and returns an
 :class:`~workbench.dynamics.integrators.Integrator` whose ``init``/``step`` take the *system's*
-params, keep the bias in ``state.extra`` (a :class:`MetadState`) and deposit a Gaussian hill
-every ``pace`` steps, so :class:`~workbench.simulate.Simulation` and ``lax.scan`` run it like any
-integrator (the reported potential energy is the unbiased one; :func:`bias_energy` gives V).
+params, keep the bias in ``state.extra["metadynamics"]`` (a :class:`MetadState`, read it with
+:func:`bias_state`) and deposit a Gaussian hill every ``pace`` steps, so
+:class:`~workbench.simulate.Simulation` and ``lax.scan`` run it like any integrator (the reported
+potential energy is the unbiased one; :func:`bias_energy` gives V).
+
+NPT metadynamics is ``metadynamics(system, cvs, ..., integrator=monte_carlo_barostat(system,
+pressure))``: metadynamics outermost, so the barostat (and the Langevin inside it) is rebuilt
+on system + bias and its volume moves see the biased energy (the CVs move when the box is
+scaled); hills are deposited after the step's volume move, and walkers (:attr:`init_walkers`)
+share the bias while each keeps its own barostat state.
 
 Well-tempered rule (Barducci, Bussi, Parrinello 2008; PLUMED's METAD BIASFACTOR): a hill
 deposited at s has height w0 exp(-V(s) / (kT (gamma - 1))); the bias converges to
@@ -28,17 +36,19 @@ import numpy as np
 
 from .. import neighbors as nl
 from ..dynamics import integrators as integ
+from ..dynamics.registry import resolve
 from ..potentials.base import Sum
+from ..system import unpack
 from . import cv as cvs_mod
 from .bias import Grid, GridBias, add_hills, hill_reach
 
 Array = jax.Array
 
-__all__ = ["MetadState", "Metadynamics", "metadynamics", "deposit", "free_energy", "bias_energy",
-           "rct", "reweighted_free_energy"]
+__all__ = ["MetadState", "Metadynamics", "metadynamics", "bias_state", "deposit",
+           "free_energy", "bias_energy", "rct", "reweighted_free_energy", "KEY"]
 
-FACTORIES = {"langevin": integ.langevin, "velocity_verlet": integ.velocity_verlet,
-             "brownian": integ.brownian}
+KEY = "metadynamics"
+"""The default key of the bias in ``state.extra``."""
 
 
 @jax.tree_util.register_dataclass
@@ -64,6 +74,20 @@ class Metadynamics(integ.Integrator):
     inner: Any = None
     init_walkers: Any = None
     step_walkers: Any = None
+    key: str = KEY
+
+
+def bias_state(state: integ.MDState, key: "str | Metadynamics" = KEY) -> MetadState:
+    """The bias (:class:`MetadState`) in ``state``; ``key``: the sampler (or its ``key=``) when
+    it was given another key."""
+    return integ.sampler_state(state, key.key if isinstance(key, Metadynamics) else key)
+
+
+def _meta(sampler, meta_or_state) -> MetadState:
+    """A MetadState from itself or from a state holding it."""
+    if isinstance(meta_or_state, integ.MDState):
+        return bias_state(meta_or_state, sampler if isinstance(sampler, Metadynamics) else KEY)
+    return meta_or_state
 
 
 def _number(name: str, value) -> float:
@@ -123,21 +147,22 @@ def deposit(bias: GridBias, meta: MetadState, s: Array, kT: Array,
 
 def metadynamics(potential, cvs: Sequence[cvs_mod.CV] | cvs_mod.CV, *, sigma, height: float,
                  bias_factor: float = 10.0, pace: int = 500, grid: Grid | None = None,
-                 lower=None, upper=None, bins=100, integrator: str = "langevin",
-                 constraints=None) -> Metadynamics:
-    """Well-tempered metadynamics of ``potential`` on ``cvs`` (1 or 2).
+                 lower=None, upper=None, bins=100, integrator="langevin",
+                 constraints=None, key: str = KEY) -> Metadynamics:
+    """Well-tempered metadynamics of ``potential`` (or a System) on ``cvs`` (1 or 2).
 
     sigma: hill widths (CV units, one per CV or one for all); height: initial hill height
     (kJ/mol); bias_factor: gamma > 1 (inf: plain metadynamics); pace: steps between hills
     (structural). grid: a :class:`Grid` (or ``lower``/``upper``/``bins`` to make one with
-    :meth:`Grid.for_cvs`; periodic CVs need no bounds). integrator: "langevin" (default),
-    "velocity_verlet" or "brownian", built on the biased system with ``constraints``.
-    Returns the sampler; its ``init`` takes the system's params like the plain integrator's."""
+    :meth:`Grid.for_cvs`; periodic CVs need no bounds). integrator: a name in
+    :data:`~workbench.dynamics.registry.INTEGRATORS` (built with ``constraints``) or an
+    Integrator / sampler object (e.g. a barostat for NPT), rebuilt on the biased system.
+    key: the bias's entry in ``state.extra``. Returns the sampler; its ``init`` takes the
+    system's params like the plain integrator's."""
+    potential, constraints = unpack(potential, constraints)
     cvs = cvs_mod._check_cvs(cvs)
     if len(cvs) not in (1, 2):
         raise ValueError(f"metadynamics supports 1 or 2 CVs, got {len(cvs)}")
-    if integrator not in FACTORIES:
-        raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(FACTORIES)}")
     bias_factor = _number("bias_factor", bias_factor)
     if not (bias_factor > 1.0):
         raise ValueError(f"bias_factor must be > 1 (inf for plain metadynamics), got {bias_factor}")
@@ -166,92 +191,109 @@ def metadynamics(potential, cvs: Sequence[cvs_mod.CV] | cvs_mod.CV, *, sigma, he
     bias = GridBias(cvs, grid, space=potential.space)
     reach = hill_reach(grid, sig)  # hills are local patches (structural: these widths)
     biased = Sum({"system": potential, "bias": bias})
-    factory = FACTORIES[integrator]
-    inner = factory(biased) if constraints is None else factory(biased, constraints)
+    inner = resolve(integrator, biased, constraints, where="metadynamics")
     dtype = jnp.result_type(float)
+    store = key  # the bias's entry in state.extra (``key`` below is a PRNG key)
+
+    def biased_params(params, meta: MetadState):
+        return {"system": params, "bias": {"table": meta.table}}
+
+    def kT_of(settings) -> Array:
+        return jnp.asarray(1.0, dtype) if np.isinf(bias_factor) else _kT(settings)
 
     def init(key, positions, params, settings, **kwargs) -> integ.MDState:
         _check_start(cvs, positions, settings, bias_factor)
         table = grid.zeros(dtype)
-        state = inner.init(key, positions, {"system": params, "bias": {"table": table}},
-                           settings, **kwargs)
         meta = MetadState(table=table, height=jnp.asarray(height, dtype),
                           sigma=jnp.asarray(sig, dtype),
                           bias_factor=jnp.asarray(bias_factor, dtype),
                           n_hills=jnp.asarray(0, jnp.int32))
-        return replace(state, extra=meta)
+        state = inner.init(key, positions, biased_params(params, meta), settings, **kwargs)
+        integ.check_free_key(state, store, "metadynamics")
+        return integ.with_sampler_state(state, store, meta)
 
     def step(state, params, settings, *, energy: bool = True) -> integ.MDState:
-        meta = state.extra
-        state = inner.step(state, {"system": params, "bias": {"table": meta.table}}, settings,
-                           energy=energy)
-        kT = jnp.asarray(1.0, dtype) if np.isinf(bias_factor) else _kT(settings)
+        meta = bias_state(state, store)
+        state = inner.step(state, biased_params(params, meta), settings, energy=energy)
 
         def add(meta):
             s = cvs_mod.values(cvs, state.positions, state.box)[None, :]
-            return deposit(bias, meta, s, kT, reach)
+            return deposit(bias, meta, s, kT_of(settings), reach)
 
-        meta = jax.lax.cond(state.step % pace == 0, add, lambda m: m, meta)
-        return replace(state, extra=meta)
+        meta = jax.lax.cond(integ.every(state.step, pace), add, lambda m: m, meta)
+        return integ.with_sampler_state(state, store, meta)
 
     def init_walkers(key, positions, params, settings, **kwargs) -> integ.MDState:
         """Walkers from ``positions`` (W, N, 3): a state whose fields have a leading walker
-        axis, except ``extra``, the one bias all walkers share (keys split per walker)."""
+        axis, except the bias (``state.extra[key]``) all walkers share; the inner samplers'
+        entries (a barostat's) are per walker (keys split per walker)."""
         positions = np.asarray(positions)
         if positions.ndim != 3:
             raise ValueError(f"walker positions must have shape (W, N, 3), got {positions.shape}")
         keys = jax.random.split(key, positions.shape[0])
         states = [init(k, r, params, settings, **kwargs) for k, r in zip(keys, positions)]
-        meta = states[0].extra
-        bare = [replace(st, extra=None) for st in states]
+        meta = bias_state(states[0], store)
+        bare = [integ.without_sampler_state(st, store) for st in states]
         stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *bare)
-        return replace(stacked, extra=meta)
+        return integ.with_sampler_state(stacked, store, meta)
 
     def step_walkers(states, params, settings, *, energy: bool = True) -> integ.MDState:
         """One step of every walker on the shared bias; each deposits its hill on the same
         step (multiple-walker metadynamics, Raiteri et al. 2006)."""
-        meta = states.extra
-        bare = replace(states, extra=None)
-        p = {"system": params, "bias": {"table": meta.table}}
+        meta = bias_state(states, store)
+        bare = integ.without_sampler_state(states, store)
+        p = biased_params(params, meta)
         with nl.shared_rebuilds("walkers"):  # one list-rebuild decision for all walkers
             bare = jax.vmap(lambda st: inner.step(st, p, settings, energy=energy),
                             axis_name="walkers")(bare)
-        kT = jnp.asarray(1.0, dtype) if np.isinf(bias_factor) else _kT(settings)
 
         def add(meta):
             s = jax.vmap(lambda r, b: cvs_mod.values(cvs, r, b))(bare.positions, bare.box)
-            return deposit(bias, meta, s, kT, reach)
+            return deposit(bias, meta, s, kT_of(settings), reach)
 
         meta = jax.lax.cond(bare.step[0] % pace == 0, add, lambda m: m, meta)
-        return replace(bare, extra=meta)
+        return integ.with_sampler_state(bare, store, meta)
+
+    def ensemble(state, params) -> integ.Ensemble:
+        return inner.ensemble(state, biased_params(params, bias_state(state, store)))
+
+    def rebuild(p) -> Metadynamics:
+        return metadynamics(p, cvs, sigma=sig, height=height, bias_factor=bias_factor,
+                            pace=pace, grid=grid, integrator=inner, key=store)
 
     return Metadynamics(name=f"metadynamics({inner.name})", init=init, step=step,
                         settings_class=inner.settings_class, dof=inner.dof, conserved=None,
-                        potential=potential, constraints=constraints, bias=bias, pace=pace,
-                        inner=inner, init_walkers=init_walkers, step_walkers=step_walkers)
+                        potential=potential, constraints=inner.constraints, rebuild=rebuild,
+                        ensemble_fn=ensemble, bias=bias, pace=pace, inner=inner,
+                        init_walkers=init_walkers, step_walkers=step_walkers, key=store)
 
 
 def bias_energy(sampler: Metadynamics, state: integ.MDState) -> Array:
     """The bias V (kJ/mol) at the state's CV values."""
     s = cvs_mod.values(sampler.bias.cvs, state.positions, state.box)
-    return sampler.bias.bias_at(s, {"table": state.extra.table})
+    return sampler.bias.bias_at(s, {"table": bias_state(state, sampler).table})
 
 
-def free_energy(sampler_or_grid, meta: MetadState) -> tuple[list[np.ndarray], np.ndarray]:
-    """The free-energy surface from the bias: (grid axes, F (points...)) in kJ/mol with its
-    minimum at 0: F = -gamma / (gamma - 1) V for well-tempered metadynamics, -V for plain."""
+def free_energy(sampler_or_grid, meta: MetadState | integ.MDState
+                ) -> tuple[list[np.ndarray], np.ndarray]:
+    """The free-energy surface from the bias (``meta``: the MetadState, or a state holding
+    it): (grid axes, F (points...)) in kJ/mol with its minimum at 0: F = -gamma / (gamma - 1) V
+    for well-tempered metadynamics, -V for plain."""
     grid = sampler_or_grid.bias.grid if isinstance(sampler_or_grid, Metadynamics) \
         else sampler_or_grid
+    meta = _meta(sampler_or_grid, meta)
     v = np.asarray(meta.table[..., 0], dtype=float)
     gamma = float(meta.bias_factor)
     f = -v if np.isinf(gamma) else -gamma / (gamma - 1.0) * v
     return grid.axes(), f - f.min()
 
 
-def rct(sampler: Metadynamics, meta: MetadState, kT) -> Array:
+def rct(sampler: Metadynamics, meta: MetadState | integ.MDState, kT) -> Array:
     """c(t) of Tiwary and Parrinello (2015), kJ/mol: kT ln(int e^{gamma V/((gamma-1) kT)} ds /
     int e^{V/((gamma-1) kT)} ds) over the grid, so that samples taken with the bias V(s, t)
-    reweight with exp((V(s, t) - c(t)) / kT). Plain metadynamics: gamma -> inf."""
+    reweight with exp((V(s, t) - c(t)) / kT). Plain metadynamics: gamma -> inf. ``meta``: the
+    MetadState or a state holding it."""
+    meta = _meta(sampler, meta)
     v = meta.table[..., 0]
     gamma = meta.bias_factor
     inv = jnp.where(jnp.isinf(gamma), 0.0, 1.0 / jnp.where(jnp.isinf(gamma), 1.0, gamma - 1.0))

@@ -11,9 +11,13 @@
   ``n_steps`` velocity-Verlet steps of size ``step_size`` (ps), accepted on the change of the
   total energy; exact for any step size, any potential.
 
-Step sizes adapt toward ``target`` acceptance while ``state.extra.adapt`` is on (switch it off
-for production: adaptation breaks detailed balance). Velocities are zero (single/all) or the
-last accepted momenta (hybrid); temperatures from velocities mean nothing for the first two.
+Step sizes adapt toward ``target`` acceptance while ``mc_state(state).adapt`` is on (switch it
+off with :func:`production`: adaptation breaks detailed balance). The sampler's fields live in
+``state.extra["mc"]`` (an :class:`MCState`, read with :func:`mc_state`), so a barostat or a
+metadynamics bias can wrap it (``monte_carlo_barostat(system, P, integrator=metropolis(system,
+mode="all"))``; single-particle moves need a pair potential, so not under a bias). Velocities
+are zero (single/all) or the last accepted momenta (hybrid); temperatures from velocities mean
+nothing for the first two.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from ..system import unpack
 
 Array = jax.Array
 
-__all__ = ["MCState", "MCSettings", "MonteCarlo", "metropolis", "production"]
+__all__ = ["MCState", "MCSettings", "MonteCarlo", "metropolis", "production", "mc_state", "KEY"]
+
+KEY = "mc"
+"""The key of the Monte Carlo sampler's entry in ``state.extra``."""
 
 
 @jax.tree_util.register_dataclass
@@ -63,9 +70,15 @@ class MonteCarlo(integ.Integrator):
     mode: str = "single"
 
 
+def mc_state(state: integ.MDState) -> MCState:
+    """The Monte Carlo sampler's :class:`MCState` (step size, counters) in ``state``."""
+    return integ.sampler_state(state, KEY)
+
+
 def production(state: integ.MDState) -> integ.MDState:
     """The state with step-size adaptation switched off (for sampling after equilibration)."""
-    return replace(state, extra=replace(state.extra, adapt=jnp.asarray(False)))
+    return integ.with_sampler_state(state, KEY, replace(mc_state(state),
+                                                        adapt=jnp.asarray(False)))
 
 
 def _adapted(mc: MCState, rate: Array, limit: float | None) -> Array:
@@ -114,10 +127,10 @@ def metropolis(potential, *, mode: str = "single", step_size: float = 0.1, targe
         z = jnp.asarray(0, jnp.int32)
         mc = MCState(step_size=jnp.asarray(s0, dtype), attempts=z, accepted=z,
                      adapt=jnp.asarray(True), target=jnp.asarray(target, dtype))
-        return replace(state, extra=mc)
+        return integ.with_sampler_state(state, KEY, mc)
 
     def single(state, params, settings):
-        mc, kT = state.extra, settings.kT
+        mc, kT = mc_state(state), settings.kT
         n = state.positions.shape[0]
         key, k_moves, k_acc = jax.random.split(state.key, 3)
         moves = jax.random.uniform(k_moves, (n, 3), dtype, -1.0, 1.0) * mc.step_size
@@ -138,11 +151,12 @@ def metropolis(potential, *, mode: str = "single", step_size: float = 0.1, targe
         rate = acc / n
         mc = replace(mc, step_size=_adapted(mc, rate, limit), attempts=mc.attempts + n,
                      accepted=mc.accepted + acc)
-        return replace(state, positions=r, aux=aux, forces=ev.forces,
-                       potential_energy=ev.energy, key=key, extra=mc)
+        return integ.with_sampler_state(replace(
+            state, positions=r, aux=aux, forces=ev.forces, potential_energy=ev.energy,
+            key=key), KEY, mc)
 
     def all_at_once(state, params, settings):
-        mc, kT = state.extra, settings.kT
+        mc, kT = mc_state(state), settings.kT
         key, k_move, k_acc = jax.random.split(state.key, 3)
         r = state.positions + jax.random.uniform(k_move, state.positions.shape, dtype, -1.0,
                                                  1.0) * mc.step_size
@@ -153,10 +167,10 @@ def metropolis(potential, *, mode: str = "single", step_size: float = 0.1, targe
         out = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, state)
         mc = replace(mc, step_size=_adapted(mc, ok.astype(dtype), None),
                      attempts=mc.attempts + 1, accepted=mc.accepted + ok.astype(jnp.int32))
-        return replace(out, key=key, extra=mc)
+        return integ.with_sampler_state(replace(out, key=key), KEY, mc)
 
     def hybrid(state, params, settings):
-        mc, kT = state.extra, settings.kT
+        mc, kT = mc_state(state), settings.kT
         key, k_v, k_acc = jax.random.split(state.key, 3)
         v = integ.maxwell_boltzmann(k_v, state.masses, kT, remove_com=False)
         u_old = potential.energy(state.positions, params, state.aux, state.box)
@@ -171,7 +185,7 @@ def metropolis(potential, *, mode: str = "single", step_size: float = 0.1, targe
         out = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), s, state)
         mc = replace(mc, step_size=_adapted(mc, ok.astype(dtype), None),
                      attempts=mc.attempts + 1, accepted=mc.accepted + ok.astype(jnp.int32))
-        return replace(out, key=key, step=state.step + 1, extra=mc)
+        return integ.with_sampler_state(replace(out, key=key, step=state.step + 1), KEY, mc)
 
     moves = {"single": single, "all": all_at_once, "hybrid": hybrid}[mode]
 
@@ -179,9 +193,12 @@ def metropolis(potential, *, mode: str = "single", step_size: float = 0.1, targe
         out = moves(state, params, settings)
         return out if mode == "hybrid" else replace(out, step=state.step + 1)
 
+    def rebuild(p) -> MonteCarlo:
+        return metropolis(p, mode=mode, step_size=step_size, target=target, n_steps=n_steps)
+
     return MonteCarlo(name=f"metropolis({mode})", init=init, step=step,
                       settings_class=MCSettings, dof=lambda n: 3 * n, conserved=None,
-                      potential=potential, mode=mode)
+                      potential=potential, rebuild=rebuild, mode=mode)
 
 
 

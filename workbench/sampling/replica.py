@@ -13,6 +13,15 @@ slot keeps its temperature. Everything runs in one compiled ``lax.scan``; the st
 (:class:`ExchangeStats`: acceptance per pair, the slot-to-slot acceptance matrix, the replica in
 each slot, and round trips between the lowest and the highest slot) stay in the carry.
 
+The integrator of each replica is a name or any Integrator / sampler object: each slot keeps its
+sampler state (``state.extra``: a metadynamics bias, barostat counters) while configurations
+move between slots, and the exchange uses what each slot samples
+(:meth:`~workbench.dynamics.integrators.Integrator.ensemble`): u_r(x) = (U_r(x) + V_r(x) +
+P_r V_box(x)) / kT_r with the slot's bias V_r and pressure P_r. So
+``replica_exchange(system, integrator=metadynamics(system, cvs, ...))`` is parallel-tempering
+metadynamics (Bussi et al. 2006: one bias per temperature) and a barostat inside gives NPT
+replica exchange.
+
 Under ``vmap`` the replicas share the program; to place them across CPU devices, put the state
 with a ``jax.sharding.NamedSharding`` over the replica axis (:func:`shard_replicas`): XLA then
 runs each device's replicas there, and the results equal the one-device ones.
@@ -29,6 +38,8 @@ import numpy as np
 
 from .. import neighbors as nl
 from ..dynamics import integrators as integ
+from ..dynamics.registry import resolve
+from ..space import box_volume
 from ..system import unpack
 from . import batch
 
@@ -130,9 +141,40 @@ class ReplicaExchange:
         (states, stats), out = jax.lax.scan(round_, (states, stats), parities)
         return states, stats, out
 
+    @property
+    def plain(self) -> bool:
+        """True when the replicas sample the system's potential itself (no sampler bias or
+        pressure): configurations then carry their energies and forces between slots."""
+        return self.integrator.ensemble_fn is None
+
+    def _slot_ensembles(self, states, params, hamiltonian: bool) -> integ.Ensemble:
+        """Each slot's :class:`~workbench.dynamics.integrators.Ensemble` (params and pressure
+        with a leading (R,) axis; the potential is shared)."""
+        p_axis = 0 if hamiltonian else None
+        pot = []
+
+        def one(st, p):
+            e = self.integrator.ensemble(st, p)
+            pot.append(e.potential)
+            return e.params, jnp.asarray(e.pressure, st.positions.dtype)
+
+        prm, pressure = jax.vmap(one, in_axes=(0, p_axis))(states, params)
+        return integ.Ensemble(pot[0], prm, pressure)
+
     def reduced_energies(self, states, params, settings, hamiltonian: bool) -> Array:
-        """(R, R) u[slot, config] = U_slot(x_config) / kT_slot (the states' neighbor lists are
-        current: every step refreshes them)."""
+        """(R, R) u[slot, config] = (U_slot(x_config) + P_slot V(config)) / kT_slot, U_slot
+        with the slot's sampler bias (the states' neighbor lists are current: every step
+        refreshes them)."""
+        if not self.plain:
+            ens = self._slot_ensembles(states, params, hamiltonian)
+
+            def slot(p, pressure):
+                return jax.vmap(lambda r, a, b: ens.potential.energy(r, p, a, b)
+                                + pressure * box_volume(b))(states.positions, states.aux,
+                                                             states.box)
+
+            return jax.vmap(slot)(ens.params, ens.pressure) / settings.kT[:, None]
+
         def energy(p, r, aux, box):
             return self.potential.energy(r, p, aux, box)
 
@@ -170,7 +212,12 @@ class ReplicaExchange:
                         velocities=take(states.velocities) * scale[:, None, None].astype(
                             states.velocities.dtype),
                         aux=jax.tree_util.tree_map(take, states.aux), box=take(states.box))
-        if hamiltonian:  # forces belong to the configuration under the slot's Hamiltonian
+        if not self.plain:  # forces under the slot's own bias (its sampler state stays)
+            ens = self._slot_ensembles(states, params, hamiltonian)
+            ev = jax.vmap(lambda p, r, a, b: ens.potential.energy_forces(r, p, a, b))(
+                ens.params, moved.positions, moved.aux, moved.box)
+            moved = replace(moved, forces=ev.forces, potential_energy=ev.energy)
+        elif hamiltonian:  # forces belong to the configuration under the slot's Hamiltonian
             ev = jax.vmap(lambda p, r, a, b: self.potential.energy_forces(r, p, a, b))(
                 params, moved.positions, moved.aux, moved.box)
             moved = replace(moved, forces=ev.forces, potential_energy=ev.energy)
@@ -205,19 +252,18 @@ def _n_replicas(settings) -> int:
     return n
 
 
-def replica_exchange(potential, *, integrator: str = "langevin", exchange_every: int = 100,
+def replica_exchange(potential, *, integrator="langevin", exchange_every: int = 100,
                      constraints=None) -> ReplicaExchange:
-    """Replica exchange of ``potential`` with a thermostatted ``integrator`` ("langevin" or
-    "brownian"); swaps attempted every ``exchange_every`` steps (structural). ``potential`` may
-    be a :class:`~workbench.system.System` (its constraints come along)."""
+    """Replica exchange of ``potential`` with a thermostatted ``integrator``: a name in
+    :data:`~workbench.dynamics.registry.INTEGRATORS` or an Integrator / sampler object (a
+    metadynamics sampler, a barostat; rebuilt on ``potential``). Swaps are attempted every
+    ``exchange_every`` steps (structural). ``potential`` may be a
+    :class:`~workbench.system.System` (its constraints come along)."""
     potential, constraints = unpack(potential, constraints)
-    factories = {"langevin": integ.langevin, "brownian": integ.brownian}
-    if integrator not in factories:
-        raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(factories)}")
     if exchange_every < 1:
         raise ValueError(f"exchange_every must be >= 1, got {exchange_every}")
-    f = factories[integrator]
-    inner = f(potential) if constraints is None else f(potential, constraints)
+    inner = resolve(integrator, potential, constraints, where="replica_exchange",
+                    thermostat=True)
     return ReplicaExchange(inner, potential, int(exchange_every))
 
 

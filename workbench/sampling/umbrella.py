@@ -4,7 +4,11 @@
 * :func:`umbrella` builds the windows' sampler: the integrator on
   ``Sum({"system": potential, "bias": Harmonic(cvs)})`` with the window centres as a batch of
   bias params, so all windows step together under ``vmap`` in one compiled program
-  (``init_windows`` / ``step_windows``); a new set of centres never recompiles.
+  (``init_windows`` / ``step_windows``); a new set of centres never recompiles. The inner
+  integrator is a name or any Integrator / sampler object, rebuilt on the biased system: umbrella
+  windows under NPT are ``umbrella(system, cvs, centers, k,
+  integrator=monte_carlo_barostat(system, pressure))`` (each window keeps its own box and
+  barostat state; the volume moves see the window's bias).
 * :func:`bias_matrix` gives the reduced bias of every sample in every window (u_kn of MBAR; the
   system's energy cancels because all windows share it and the temperature).
 * :func:`free_energy_mbar` and :func:`wham` turn window samples into a free-energy profile or
@@ -25,7 +29,9 @@ import numpy as np
 
 from .. import neighbors as nl
 from ..dynamics import integrators as integ
+from ..dynamics.registry import resolve
 from ..potentials.base import Sum
+from ..system import unpack
 from . import cv as cvs_mod
 from . import batch
 from .bias import Grid, Harmonic
@@ -35,8 +41,6 @@ Array = jax.Array
 
 __all__ = ["Umbrella", "umbrella", "bias_matrix", "unbiased_log_weights", "free_energy_mbar",
            "wham", "WHAMResult"]
-
-FACTORIES = {"langevin": integ.langevin, "brownian": integ.brownian}
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,18 +137,19 @@ class Umbrella:
 
 
 def umbrella(potential, cvs: Sequence[cvs_mod.CV] | cvs_mod.CV, centers, k, *,
-             integrator: str = "langevin", constraints=None) -> Umbrella:
+             integrator="langevin", constraints=None) -> Umbrella:
     """Harmonic umbrella windows on ``cvs`` (1 or 2) at ``centers`` (W,) or (W, d) with force
-    constants ``k`` (scalar, (d,) or (W, d); kJ/mol per CV unit squared)."""
+    constants ``k`` (scalar, (d,) or (W, d); kJ/mol per CV unit squared). ``potential`` may be
+    a System (its constraints come along). integrator: a thermostatted name in
+    :data:`~workbench.dynamics.registry.INTEGRATORS` or an Integrator / sampler object (e.g. a
+    barostat), rebuilt on the biased system."""
+    potential, constraints = unpack(potential, constraints)
     cvs = cvs_mod._check_cvs(cvs)
     c = _centers(centers, len(cvs))
     kk = _force_constants(k, c.shape).copy()
-    if integrator not in FACTORIES:
-        raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(FACTORIES)}")
     term = Harmonic(cvs, space=potential.space)
-    factory = FACTORIES[integrator]
     biased = Sum({"system": potential, "bias": term})
-    inner = factory(biased) if constraints is None else factory(biased, constraints)
+    inner = resolve(integrator, biased, constraints, where="umbrella", thermostat=True)
     return Umbrella(cvs, c, kk, term, inner)
 
 
