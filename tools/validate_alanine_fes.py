@@ -168,7 +168,9 @@ def main(argv=None) -> dict:
 
     parallel.configure(1)
     from workbench import units
-    from workbench.bench.sampling import dipeptide
+    from workbench.cli import bench_module
+
+    dipeptide = bench_module("sampling").dipeptide
 
     system, cvs = dipeptide()
     kT = units.kT_from_kelvin(300.0)
