@@ -129,8 +129,7 @@ class Simulation:
         if isinstance(settings, dict):
             check_settings(system.units, settings, where=f"{integrator.name} settings")
         self.system, self.units = system, system.units
-        topology = system.topology if system.topology is None or hasattr(
-            system.topology, "n_atoms") else system.mdtraj_topology()
+        topology = None if system.topology is None else system.mdtraj_topology()
         self.potential, self.integrator = potential, integrator
         self.params = _same_structure(params, params, "params")  # strong dtypes: set_params
         # with a new value then reuses the compiled chunk

@@ -153,7 +153,7 @@ class System:
         import jax.numpy as jnp
 
         r = self.positions if positions is None else np.asarray(positions, float)
-        aux = self.potential.allocate(r) if hasattr(self.potential, "allocate") else None
+        aux = self.potential.allocate(r)
         p = self.params if params is None else params
         return float(self.potential.energy(jnp.asarray(r), p, aux, jnp.asarray(self.space.box)))
 

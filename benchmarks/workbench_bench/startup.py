@@ -48,7 +48,7 @@ def _child(case: str, steps: int) -> dict:
     from workbench_bench.peptide import compile_timer
 
     imports = time.perf_counter() - t0
-    if case == "openmm_pme" or case == "openmm_obc2":
+    if case.startswith("openmm_"):
         from workbench_bench.peptide import run_openmm
 
         return {"first_chunk_s": run_openmm(case.split("_")[1], 0.0, steps)["first_chunk_s"]}

@@ -279,31 +279,28 @@ def _write_custom_bonded(force, term, params, name):
     _write_tables(force, params, layout.tables, name)
 
 
-def _write_custom_nonbonded(force, term, params, name):
+def _write_particles(force, params, per, types, n_expected: int, name: str) -> None:
+    """Per-particle parameters ``per`` of a custom force, each particle from its type's row."""
     n = force.getNumParticles()
-    _check_count(name, "particles", n, term.n_particles)
-    layout = term.layout
-    per = layout.per_type
+    _check_count(name, "particles", n, n_expected)
     orig = np.array([[float(v) for v in force.getParticleParameters(i)] for i in range(n)])
     orig = orig.reshape(n, len(per))
-    new = _per_entry(params, per, np.asarray(term.particle_types), orig)
+    new = _per_entry(params, per, np.asarray(types), orig)
     for i in range(n):
         if not np.array_equal(new[i], orig[i]):
             force.setParticleParameters(i, [float(x) for x in new[i]])
+
+
+def _write_custom_nonbonded(force, term, params, name):
+    layout = term.layout
+    _write_particles(force, params, layout.per_type, term.particle_types, term.n_particles, name)
     _write_globals(force, params, layout.globals)
     _write_tables(force, params, layout.tables, name)
 
 
 def _write_custom_gb(force, term, params, name):
-    n = force.getNumParticles()
-    _check_count(name, "particles", n, term.n_particles)
-    per = term.particle_parameters
-    orig = np.array([[float(v) for v in force.getParticleParameters(i)] for i in range(n)])
-    orig = orig.reshape(n, len(per))
-    new = _per_entry(params, per, np.asarray(term.particle_types), orig)
-    for i in range(n):
-        if not np.array_equal(new[i], orig[i]):
-            force.setParticleParameters(i, [float(x) for x in new[i]])
+    _write_particles(force, params, term.particle_parameters, term.particle_types,
+                     term.n_particles, name)
     _write_globals(force, params, term.global_parameters)
 
 
