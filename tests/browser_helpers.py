@@ -9,13 +9,11 @@ hanging forever; they are generous and never used as performance checks.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -171,14 +169,6 @@ class LabServer:
             self._lock = None
 
 
-def copy_notebook(src: Path, root: Path) -> Path:
-    """Copy ``src`` into ``root`` (outputs are not touched: notebooks are saved clean)."""
-    root.mkdir(parents=True, exist_ok=True)
-    dst = root / src.name
-    shutil.copy(src, dst)
-    return dst
-
-
 def number_in(text: str, label: str) -> int | None:
     """The integer after ``label:`` in ``text`` (``frames: 1,234`` -> 1234), or None."""
     m = re.search(re.escape(label) + r":?\s*([\d,]+)", text or "")
@@ -223,6 +213,16 @@ def js_image(css_class: str) -> str:
             "img.src.length + ':' + img.src.slice(-64) : null; }")
 
 
+def shutdown_kernels(lab: LabServer) -> None:
+    """Shut down every kernel of ``lab`` (its REST API), so the next test starts on idle cores."""
+    with urllib.request.urlopen(lab.url("api/kernels"), timeout=30) as r:
+        kernels = json.load(r)
+    for k in kernels:
+        req = urllib.request.Request(lab.url(f"api/kernels/{k['id']}"), method="DELETE")
+        with urllib.request.urlopen(req, timeout=60):
+            pass
+
+
 def run_all_cells(page, lab, notebook: str) -> None:
     """Open ``notebook`` (a name under the server's root) and run every cell, waiting until all
     have run and the kernel is idle."""
@@ -231,22 +231,3 @@ def run_all_cells(page, lab, notebook: str) -> None:
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     wait_until(lambda: page.evaluate(JS_ALL_CELLS_RAN)
                and page.evaluate(JS_KERNEL_STATUS) == "idle", "all cells to run")
-
-
-@contextlib.contextmanager
-def lab_page(root: Path, log_path: Path, width: int = 1600, height: int = 1100):
-    """A JupyterLab server on ``root`` and a headless Chromium page: yields (lab, page,
-    page_errors), where page_errors collects the page's uncaught errors. Skips the test when
-    Playwright is not installed."""
-    import pytest
-
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
-    with LabServer(root, log_path) as lab, sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            yield lab, page, errors
-        finally:
-            browser.close()

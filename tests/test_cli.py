@@ -334,17 +334,20 @@ def test_bench_sampling_runs_and_writes_json(tmp_path):
 
 
 def test_bench_grad_runs_and_writes_json(tmp_path):
-    """A small `bench grad` (256 atoms, 20 steps, float32): every figure the issue names, the
-    checkpointed gradients equal to plain reverse mode's, jax-md either measured or named."""
+    """A small `bench grad` (256 atoms, 20 steps, 200 reweighting frames, float32): every
+    figure the issue names, the checkpointed gradients equal to plain reverse mode's, jax-md
+    either measured or named."""
     out = tmp_path / "grad.json"
     proc = _workbench("bench", "grad", "--steps", "20", "--atoms", "256", "--dtype", "float32",
-                      "--json", str(out))
+                      "--frames", "200", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.read_text())
     for key in ("checkpointed_peak_gb", "checkpointed_time_ratio", "checkpointed_sqrt_peak_gb",
                 "checkpointed_sqrt_time_ratio"):
         assert np.isfinite(res[key]) and res[key] > 0, key
     run = res["runs"][0]
+    assert run["reweighting"]["frames"] == 200
+    assert run["reweighting"]["rdf"]["seconds"] > 0 and run["reweighting"]["U"]["ess"] > 0
     plain = run["plain"]["gradient"]
     for name in ("checkpoint", "checkpoint_forces"):
         assert run[name]["gradient"] == pytest.approx(plain, rel=1e-3), name

@@ -63,7 +63,15 @@ def _tree(pid: int) -> list[psutil.Process]:
 
 
 def _command_lines(processes) -> str:
-    return "\n".join(" ".join(p.cmdline()) for p in processes)
+    """The command lines of ``processes`` still running (a short-lived helper that already
+    exited, a zombie not yet reaped, has none)."""
+    lines = []
+    for p in processes:
+        try:
+            lines.append(" ".join(p.cmdline()))
+        except psutil.NoSuchProcess:  # ZombieProcess included
+            pass
+    return "\n".join(lines)
 
 
 def test_sigterm_to_dev_lab_stops_jupyterlab_and_its_kernels(tmp_path):

@@ -48,6 +48,36 @@ def test_backprop_matches_finite_differences(x64):
     np.testing.assert_allclose(_leaves(via_system.gradient), _leaves(bp.gradient), rtol=1e-12)
 
 
+def test_new_start_and_parameters_never_recompile(x64):
+    """gradient() compiles once per structure: a new start state, new settings values and new
+    parameter values reuse the program (the observable is traced once)."""
+    system = wb.lj_fluid(n_atoms=108, density=0.6, cutoff=2.5, skin=0.3, truncation="switch",
+                         r_switch=2.0)
+    pot = system.potential
+    lang = integ.langevin(pot)
+    traces = []
+
+    def u(r, p, aux, box):
+        traces.append(1)
+        return pot.energy(r, p, aux, box)
+
+    grads = []
+    for seed, kT, eps in ((0, 1.2, 1.0), (1, 1.3, 1.1)):
+        settings = lang.settings(dt=0.004, kT=kT, gamma=1.0)
+        params = dict(system.params, epsilon=system.params["epsilon"] * eps)
+        state = lang.init(jax.random.PRNGKey(seed), system.positions, params, settings)
+        grads.append(gradient(u, params, "backprop", integrator=lang, state=state,
+                              settings=settings, n_steps=20, every=10))
+        if seed == 0:
+            n = len(traces)
+    assert n > 0 and len(traces) == n, "the second call traced the observable again"
+    assert _leaves(grads[0].gradient)[0] != _leaves(grads[1].gradient)[0]
+    # a new structure (another length) is a new program
+    gradient(u, params, "backprop", integrator=lang, state=state, settings=settings,
+             n_steps=30, every=10)
+    assert len(traces) > n
+
+
 def test_implicit_matches_finite_differences(x64):
     pot = PairPotential("lennard_jones", space.free(), cutoff=50.0, truncation="cut",
                         neighbor_list=False)

@@ -26,6 +26,7 @@ from .dynamics import (  # noqa: E402
     nose_hoover_chain,
     velocity_verlet,
 )
+from .notebook import sized, small_mode  # noqa: E402
 from .potentials import PairPotential, Sum  # noqa: E402
 from .simulate import BlowupError, Simulation  # noqa: E402
 from .system import UnitWarning  # noqa: E402
@@ -36,5 +37,6 @@ __version__ = "0.1.0"
 __all__ = [
     "neighbors", "observables", "parallel", "potentials", "space", "units", "brownian", "langevin",
     "minimize", "nose_hoover_chain", "velocity_verlet", "PairPotential", "Sum", "BlowupError",
-    "Simulation", "System", "UnitWarning", "data_file", "fcc_lattice", "lj_fluid",
+    "Simulation", "System", "UnitWarning", "data_file", "fcc_lattice", "lj_fluid", "sized",
+    "small_mode",
 ]

@@ -81,20 +81,28 @@ class Backprop:
     store_forces: bool = False
     name: ClassVar[str] = "backprop"
 
-    def value_and_info(self, observable: Observable):
-        """``params -> (value, {})``: the time average along the trajectory (jit-able)."""
+    def _value(self, observable: Observable):
+        """``(params, state, settings) -> (time average, {})``: the start and the settings are
+        arguments, not constants baked into the program, so a new start reuses it."""
         run = tj.trajectory(self.integrator, int(self.n_steps), observable=of_state(observable),
                             every=int(self.every or 1), checkpoint=self.checkpoint,
                             horizon=self.horizon, store_forces=bool(self.store_forces))
-        state, settings = self.state, self.settings
 
-        def traj_value(params):
+        def traj_value(params, state, settings):
             return jnp.mean(run(state, params, settings)[1], axis=0), {}
 
         return traj_value
 
+    def value_and_info(self, observable: Observable):
+        """``params -> (value, {})``: the time average along the trajectory (jit-able)."""
+        fn, state, settings = self._value(observable), self.state, self.settings
+        return lambda params: fn(params, state, settings)
+
     def estimate(self, observable: Observable, params) -> "Gradient":
-        value, grad, _ = _jacobian(self.value_and_info(observable), params)
+        key = ("backprop", id(self.integrator), id(observable), int(self.n_steps),
+               int(self.every or 1), self.checkpoint, self.horizon, bool(self.store_forces))
+        jac = _compiled(key, (self.integrator, observable), lambda: self._value(observable))
+        value, grad, _ = jac(params, self.state, self.settings)
         norm = float(np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree_util.tree_leaves(grad))))
         return Gradient(value=value, gradient=grad, stderr=None, method=self.name,
                         diagnostics={"n_steps": int(self.n_steps), "horizon": self.horizon,
@@ -146,21 +154,30 @@ class Implicit:
     minimizer_options: dict | None = None
     name: ClassVar[str] = "implicit"
 
-    def value_and_info(self, observable: Observable):
-        """``params -> (value at the minimum, the minimizer's info)`` (jit-able)."""
+    def _value(self, observable: Observable):
+        """``(params, x0, aux, box) -> (value at the minimum, the minimizer's info)``: the start,
+        neighbor list and box are arguments, so new ones reuse the compiled program."""
         pot = self.potential
         solve = self.minimizer or implicit_mod.minimizer(pot, **dict(self.minimizer_options
                                                                      or {}))
-        x0, aux, box = jnp.asarray(self.positions), self.aux, self.box
 
-        def min_value(params):
+        def min_value(params, x0, aux, box):
             x, info = solve(x0, params, aux, box)
             return observable(x, params, pot.update(x, aux, box), box), info
 
         return min_value
 
+    def value_and_info(self, observable: Observable):
+        """``params -> (value at the minimum, the minimizer's info)`` (jit-able)."""
+        fn, x0, aux, box = self._value(observable), jnp.asarray(self.positions), self.aux, self.box
+        return lambda params: fn(params, x0, aux, box)
+
     def estimate(self, observable: Observable, params) -> "Gradient":
-        value, grad, info = _jacobian(self.value_and_info(observable), params)
+        options = tuple(sorted((self.minimizer_options or {}).items()))
+        key = ("implicit", id(self.potential), id(observable), id(self.minimizer), options)
+        jac = _compiled(key, (self.potential, observable, self.minimizer),
+                        lambda: self._value(observable))
+        value, grad, info = jac(params, jnp.asarray(self.positions), self.aux, self.box)
         return Gradient(value=value, gradient=grad, stderr=None, method=self.name,
                         diagnostics={"steps": int(info["steps"]),
                                      "max_force": float(info["max_force"])})
@@ -257,19 +274,49 @@ def _system_options(system, method: str | None, options: dict) -> dict:
     return o
 
 
-def _jacobian(fn, params):
-    """(value, d value/d params, info) of ``fn(params) -> (value, info)``."""
-    value, _ = jax.eval_shape(fn, params)
-    if value.ndim == 0:
-        (v, info), g = jax.jit(jax.value_and_grad(fn, has_aux=True))(params)
-    else:
+def _jacobian(fn):
+    """``(params, *args) -> (value, d value/d params, info)`` as numpy, for ``fn(params, *args)
+    -> (value, info)``: one jitted program (reverse mode; a Jacobian for an array value)."""
+
+    def value_grad_info(params, *args):
         def twice(p):  # the value as the output and, once more, inside the aux
-            out = fn(p)
+            out = fn(p, *args)
             return out[0], out
 
-        g, (v, info) = jax.jit(jax.jacrev(twice, has_aux=True))(params)
-    to_np = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
-    return np.asarray(v), to_np(g), to_np(info)
+        value, _ = jax.eval_shape(fn, params, *args)
+        if value.ndim == 0:
+            (v, info), g = jax.value_and_grad(lambda p: fn(p, *args), has_aux=True)(params)
+        else:
+            g, (v, info) = jax.jacrev(twice, has_aux=True)(params)
+        return v, g, info
+
+    jitted = jax.jit(value_grad_info)
+
+    def call(params, *args):
+        v, g, info = jitted(params, *args)
+        to_np = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
+        return np.asarray(v), to_np(g), to_np(info)
+
+    return call
+
+
+_COMPILED: dict = {}
+_COMPILED_MAX = 16  # structures kept (oldest dropped first)
+
+
+def _compiled(key: tuple, keep: tuple, make: Callable):
+    """The jitted :func:`_jacobian` of ``make()`` for this structure ``key``, built once: asking
+    again with a new start, settings or parameter value never recompiles (the contract of
+    every public function). ``keep``: the objects whose ids are in ``key``, held so that the
+    ids stay theirs while the entry lives."""
+    hit = _COMPILED.get(key)
+    if hit is not None and len(hit[0]) == len(keep) and all(a is b for a, b in zip(hit[0], keep)):
+        return hit[1]
+    jac = _jacobian(make())
+    if len(_COMPILED) >= _COMPILED_MAX:
+        _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[key] = (keep, jac)
+    return jac
 
 
 def _finite_difference(fn, params, h: float):
