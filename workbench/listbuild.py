@@ -37,7 +37,7 @@ def cell_ids(space: Space, positions: Array, grid) -> Array:
 
 
 def _flat_ids(s: Array, grid) -> Array:
-    g = jnp.asarray(grid, dtype=jnp.int32)
+    g = jnp.asarray(grid, dtype=jnp.int32)[None, :]
     c = jnp.clip(jnp.floor(s * g).astype(jnp.int32), 0, g - 1)
     return (c[:, 0] * grid[1] + c[:, 1]) * grid[2] + c[:, 2]
 
@@ -47,8 +47,8 @@ def sort_ids(space: Space, positions: Array, grid) -> Array:
     ``grid`` (periodic: of the box; free space: of the positions' bounding box)."""
     if space.periodic:
         return cell_ids(space, positions, grid)
-    lo = jnp.min(positions, axis=0)
-    span = jnp.maximum(jnp.max(positions, axis=0) - lo, 1e-6)
+    lo = jnp.min(positions, axis=0, keepdims=True)
+    span = jnp.maximum(jnp.max(positions, axis=0, keepdims=True) - lo, 1e-6)
     return _flat_ids((positions - lo) / span, grid)
 
 

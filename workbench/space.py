@@ -26,6 +26,12 @@ Array = jax.Array
 __all__ = ["Space", "free", "periodic", "triclinic"]
 
 
+def _along_last(v: Array, like: Array) -> Array:
+    """A per-axis vector ``v`` (3,) shaped (1, ..., 1, 3) to broadcast against ``like``
+    (..., 3) explicitly (the tests run with implicit rank promotion turned into an error)."""
+    return jnp.reshape(v, (1,) * (jnp.ndim(like) - 1) + (-1,))
+
+
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class Space:
@@ -75,13 +81,13 @@ class Space:
     def to_fractional(self, r: Array) -> Array:
         """Cartesian (..., 3) nm -> fractional coordinates (..., 3)."""
         if self.kind == "periodic":
-            return r / self.lengths
+            return r / _along_last(self.lengths, r)
         return r @ jnp.linalg.inv(self.box)
 
     def from_fractional(self, s: Array) -> Array:
         """Fractional (..., 3) -> Cartesian (..., 3) nm."""
         if self.kind == "periodic":
-            return s * self.lengths
+            return s * _along_last(self.lengths, s)
         return s @ self.box
 
     def with_box(self, box: Array | None) -> "Space":
@@ -103,14 +109,14 @@ class Space:
         if self.kind == "free":
             return d
         if self.kind == "periodic":
-            lengths = self.lengths
+            lengths = _along_last(self.lengths, d)
             return d - lengths * jnp.round(d / lengths)
         # OpenMM's reduced-box rule: remove c, then b, then a; exact for distances below half
         # the smallest perpendicular width (checked by check_cutoff).
-        a, b, c = self.box[0], self.box[1], self.box[2]
-        d = d - c * jnp.round(d[..., 2:3] / c[2])
-        d = d - b * jnp.round(d[..., 1:2] / b[1])
-        return d - a * jnp.round(d[..., 0:1] / a[0])
+        a, b, c = (_along_last(self.box[k], d) for k in range(3))
+        d = d - c * jnp.round(d[..., 2:3] / c[..., 2:3])
+        d = d - b * jnp.round(d[..., 1:2] / b[..., 1:2])
+        return d - a * jnp.round(d[..., 0:1] / a[..., 0:1])
 
     def displacement_components(self, dx: Array, dy: Array, dz: Array):
         """Minimum image of a displacement given as three separate component arrays (any equal

@@ -541,7 +541,7 @@ def _settle(r0, s, d2, m):
     rhs = jnp.sum(s * (p[:, _WATER_I] - p[:, _WATER_J]), axis=-1)
     normal = _coupling(jnp.asarray(_WATER_I), jnp.asarray(_WATER_J), jnp.ones(3, s.dtype),
                        jnp.ones(3, bool))
-    normal = normal * jnp.einsum("wkx,wlx->wkl", s, s)
+    normal = normal[None] * jnp.einsum("wkx,wlx->wkl", s, s)
     return _solve(normal, rhs)
 
 

@@ -305,7 +305,7 @@ def maxwell_boltzmann(key: Array, masses: Array, kT, remove_com: bool = True) ->
     v = jax.random.normal(key, (masses.shape[0], 3), dtype=jnp.result_type(float))
     v = v * jnp.sqrt(kT / masses)[:, None]
     if remove_com:
-        v = v - jnp.sum(masses[:, None] * v, 0) / jnp.sum(masses)
+        v = v - jnp.sum(masses[:, None] * v, 0, keepdims=True) / jnp.sum(masses)
     return v
 
 

@@ -277,7 +277,10 @@ def compile_expression(
 
     @jax.jit
     def evaluate(arrays: dict[str, Array]) -> Array:
-        result = _Evaluator(table, arrays)(tree)
+        # an expression broadcasts its variables as NumPy does (a global against per-pair
+        # values, like Lepton): explicit here, whatever the caller's rank-promotion setting
+        with jax.numpy_rank_promotion("allow"):
+            result = _Evaluator(table, arrays)(tree)
         shape = jnp.broadcast_shapes(*(a.shape for a in arrays.values()), jnp.shape(result))
         return jnp.broadcast_to(jnp.asarray(result), shape)
 

@@ -303,11 +303,11 @@ def _spline_setup(fractional: Array, grid: tuple[int, int, int], order: int):
     ``base + j`` (mod n_d): OpenMM spreads forward from floor(u). Positions outside the unit
     cell are wrapped. dM_p(x)/dx = M_{p-1}(x) - M_{p-1}(x - 1)."""
     n = jnp.asarray(grid, dtype=fractional.dtype)
-    u = (fractional - jnp.floor(fractional)) * n  # (N, 3) in [0, n]
+    u = (fractional - jnp.floor(fractional)) * n[None, :]  # (N, 3) in [0, n]
     base = jnp.floor(u)
     dr = u - base
     base = jax.lax.stop_gradient(base).astype(jnp.int32)
-    size = jnp.asarray(grid, jnp.int32)
+    size = jnp.asarray(grid, jnp.int32)[None, :]
     base = jnp.where(base >= size, base - size, base)  # u rounded up to n: the same point as 0
     w = _bspline_weights(dr, order)
     v = _bspline_weights(dr, order - 1)

@@ -99,7 +99,7 @@ def scale_groups(positions: Array, masses: Array, groups: Array, n_groups: int,
     m = masses[:, None]
     com = jax.ops.segment_sum(m * positions, groups, n_groups) / \
         jax.ops.segment_sum(m, groups, n_groups)
-    return positions + (com * (factor - 1.0))[groups]
+    return positions + (com * (jnp.reshape(factor, (1, -1)) - 1.0))[groups]
 
 
 def monte_carlo_barostat(potential, pressure: float, *, integrator="langevin",

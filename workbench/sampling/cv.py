@@ -330,8 +330,8 @@ class RMSD(CV):
         w = jnp.asarray(self.weights, positions.dtype)
         x = positions[self.atoms]
         y = jnp.asarray(self.reference, positions.dtype)
-        x = x - jnp.sum(w[:, None] * x, 0)
-        y = y - jnp.sum(w[:, None] * y, 0)
+        x = x - jnp.sum(w[:, None] * x, 0, keepdims=True)
+        y = y - jnp.sum(w[:, None] * y, 0, keepdims=True)
         if self.align:
             msd = _kabsch_msd(x, y, w)
         else:
@@ -370,7 +370,7 @@ class Gyration(CV):
         self._checked(positions)
         w = jnp.asarray(self.masses, positions.dtype)
         x = positions[self.atoms]
-        d = x - jnp.sum(w[:, None] * x, 0)
+        d = x - jnp.sum(w[:, None] * x, 0, keepdims=True)
         return jnp.sqrt(jnp.sum(w * jnp.sum(d * d, 1)))
 
 
