@@ -86,6 +86,16 @@ def test_missing_bench_module_is_clear(capsys):
     assert "workbench_bench.no_such_benchmark" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", sorted(set(cli.BENCHMARKS) - {"lj"}))
+def test_every_benchmark_gets_its_own_arguments(name, monkeypatch):
+    """`workbench bench NAME ARGS` hands ARGS to NAME's own parser (startup's --json was
+    refused as an unrecognized argument by the top-level parser)."""
+    seen = {}
+    monkeypatch.setattr(cli, "_run_bench_module", lambda n, extra: seen.setdefault(n, extra) and 0)
+    assert cli.main(["bench", name, "--json", "out.json"]) == 0
+    assert seen == {name: ["--json", "out.json"]}
+
+
 def test_benchmarks_live_outside_the_package():
     """The benchmark code is in benchmarks/ (not in the wheel); a checkout finds it."""
     assert importlib.util.find_spec("workbench.bench") is None

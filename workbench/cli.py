@@ -323,8 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
-    if extra and handler not in (_run_lab,) and getattr(args, "benchmark", None) not in (
-            "panels", "peptide", "sampling", "grad"):
+    # `lab` passes its extra arguments to JupyterLab, every benchmark but `lj` (which has its
+    # own parser) to its module's parser
+    if extra and handler not in (_run_lab,) and getattr(args, "benchmark", None) in (None, "lj"):
         getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     return int(handler(args, extra) or 0)
 

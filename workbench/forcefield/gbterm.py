@@ -385,7 +385,7 @@ class CustomGB(CutoffPairTerm):
         total = self._single_energy(atoms, glob, xyz, positions.shape[0])
         terms = self._pair_energy_terms()
         if terms:
-            keys = set().union(*(c.keys(("one", "two")) for c in terms))
+            keys = sorted(set().union(*(c.keys(("one", "two")) for c in terms)))  # one order: one program
             data = {k: atoms[k] for k in keys}
 
             def row(b, g):
@@ -419,8 +419,8 @@ class CustomGB(CutoffPairTerm):
         forces = -g_pos
         terms = self._pair_energy_terms()
         if terms:
-            keys = set().union(*(c.keys(("one", "two")) for c in terms))
-            diff = sorted(keys & set(value_names))
+            keys = sorted(set().union(*(c.keys(("one", "two")) for c in terms)))  # one order: one program
+            diff = sorted(set(keys) & set(value_names))
             data = {k: atoms[k] for k in keys}
 
             def row(b, g):
