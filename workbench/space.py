@@ -28,7 +28,7 @@ __all__ = ["Space", "free", "periodic", "triclinic"]
 
 def _along_last(v: Array, like: Array) -> Array:
     """A per-axis vector ``v`` (3,) shaped (1, ..., 1, 3) to broadcast against ``like``
-    (..., 3) explicitly (the tests run with implicit rank promotion turned into an error)."""
+    (..., 3) explicitly, not by implicit rank promotion."""
     return jnp.reshape(v, (1,) * (jnp.ndim(like) - 1) + (-1,))
 
 

@@ -377,6 +377,12 @@ class CustomGB(CutoffPairTerm):
     def _pair_energy_terms(self):
         return [c for c in self._energies if c.pair]
 
+    @staticmethod
+    def _pair_keys(terms) -> list[str]:
+        """The per-particle values the pair energy terms read, sorted: one order, so one
+        program in every process (a set's order follows the hash seed)."""
+        return sorted(set().union(*(c.keys(("one", "two")) for c in terms)))
+
     # ------------------------------------------------------------------ contract
     def energy(self, positions, params, aux=None, box=None):
         """Energy (kJ/mol), plain JAX: differentiable in positions, parameters and box."""
@@ -385,7 +391,7 @@ class CustomGB(CutoffPairTerm):
         total = self._single_energy(atoms, glob, xyz, positions.shape[0])
         terms = self._pair_energy_terms()
         if terms:
-            keys = sorted(set().union(*(c.keys(("one", "two")) for c in terms)))  # one order: one program
+            keys = self._pair_keys(terms)
             data = {k: atoms[k] for k in keys}
 
             def row(b, g):
@@ -419,7 +425,7 @@ class CustomGB(CutoffPairTerm):
         forces = -g_pos
         terms = self._pair_energy_terms()
         if terms:
-            keys = sorted(set().union(*(c.keys(("one", "two")) for c in terms)))  # one order: one program
+            keys = self._pair_keys(terms)
             diff = sorted(set(keys) & set(value_names))
             data = {k: atoms[k] for k in keys}
 

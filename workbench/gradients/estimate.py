@@ -278,6 +278,7 @@ def _jacobian(fn):
     """``(params, *args) -> (value, d value/d params, info)`` as numpy, for ``fn(params, *args)
     -> (value, info)``: one jitted program (reverse mode; a Jacobian for an array value)."""
 
+    @jax.jit
     def value_grad_info(params, *args):
         def twice(p):  # the value as the output and, once more, inside the aux
             out = fn(p, *args)
@@ -290,12 +291,9 @@ def _jacobian(fn):
             g, (v, info) = jax.jacrev(twice, has_aux=True)(params)
         return v, g, info
 
-    jitted = jax.jit(value_grad_info)
-
     def call(params, *args):
-        v, g, info = jitted(params, *args)
-        to_np = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
-        return np.asarray(v), to_np(g), to_np(info)
+        v, g, info = value_grad_info(params, *args)
+        return jax.tree_util.tree_map(np.asarray, (v, g, info))
 
     return call
 
@@ -310,7 +308,7 @@ def _compiled(key: tuple, keep: tuple, make: Callable):
     every public function). ``keep``: the objects whose ids are in ``key``, held so that the
     ids stay theirs while the entry lives."""
     hit = _COMPILED.get(key)
-    if hit is not None and len(hit[0]) == len(keep) and all(a is b for a, b in zip(hit[0], keep)):
+    if hit is not None and all(a is b for a, b in zip(hit[0], keep)):
         return hit[1]
     jac = _jacobian(make())
     if len(_COMPILED) >= _COMPILED_MAX:
