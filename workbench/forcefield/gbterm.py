@@ -92,8 +92,10 @@ class _Compiled:
     def pair(self) -> bool:
         return self.kind != _SINGLE
 
-    def keys(self, where: tuple[str, ...]) -> set:
-        return {key for _, w, key in self.sources if w in where}
+    def keys(self, where: tuple[str, ...]) -> list[str]:
+        """The names this stage reads from the tables ``where``, sorted: one order, so one
+        program in every process (a set's order follows the hash seed)."""
+        return sorted({key for _, w, key in self.sources if w in where})
 
 
 def _single(c: _Compiled, atoms, glob, xyz, n: int) -> Array:
@@ -379,8 +381,7 @@ class CustomGB(CutoffPairTerm):
 
     @staticmethod
     def _pair_keys(terms) -> list[str]:
-        """The per-particle values the pair energy terms read, sorted: one order, so one
-        program in every process (a set's order follows the hash seed)."""
+        """The per-particle values the pair energy terms read, sorted (see ``keys``)."""
         return sorted(set().union(*(c.keys(("one", "two")) for c in terms)))
 
     # ------------------------------------------------------------------ contract
@@ -465,7 +466,7 @@ class CustomGB(CutoffPairTerm):
                     ct[k] = ct[k] + v
                 continue
             keys = c.keys(("one", "two"))
-            diff = sorted(keys & set(earlier))
+            diff = sorted(set(keys) & set(earlier))
             data = {k: atoms[k] for k in keys}
             data[_CT] = ct[c.name]
 
