@@ -1,4 +1,5 @@
-"""Test configuration: float64 everywhere (gradient and reference comparisons), seeded draws."""
+"""Test configuration: float64 everywhere (gradient and reference comparisons), implicit rank
+promotion an error (library broadcasts are written out), seeded draws."""
 
 import os
 
@@ -10,6 +11,7 @@ os.environ.setdefault("WORKBENCH_CPU_DEVICES", "auto")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 import pytest  # noqa: E402

@@ -80,7 +80,7 @@ def test_sum_shares_one_list_for_the_longest_cutoff(fluid):
 
 
 def test_sum_with_a_trap_reports_pressure_and_unit_cell(fluid, tmp_path):
-    centre = jnp.full(3, float(fluid.space.lengths[0]) / 2)
+    centre = jnp.full((1, 3), float(fluid.space.lengths[0]) / 2)
     trap = FunctionPotential(lambda r, p: 0.5 * p["k"] * jnp.sum((r - centre) ** 2))
     total = Sum({"lj": fluid.potential, "trap": trap})
     params = {"lj": fluid.params, "trap": {"k": jnp.asarray(0.01)}}

@@ -85,7 +85,7 @@ def test_implicit_matches_finite_differences(x64):
     x0 = np.random.default_rng(0).normal(size=(13, 3)) * 0.6
 
     def moment(r, p, aux, box):  # a vector observable of the shape: Rg^2 and <r_ij>
-        c = r - r.mean(0)
+        c = r - r.mean(0, keepdims=True)
         d = r[:, None] - r[None, :]
         dist = jnp.sqrt(jnp.sum(d * d, -1) + jnp.eye(r.shape[0]))  # no sqrt(0) on the diagonal
         n = r.shape[0]

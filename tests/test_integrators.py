@@ -63,7 +63,7 @@ def test_velocity_verlet_energy_error_scales_as_dt_squared(truncation):
     system, state = equilibrated_fluid(truncation, kT=1.0, **kw)
     vv = integ.velocity_verlet(system.potential)
     # Start NVE from the equilibrated configuration with the total momentum removed.
-    v = state.velocities - jnp.mean(state.velocities, axis=0)
+    v = state.velocities - jnp.mean(state.velocities, axis=0, keepdims=True)
     ev, aux = system.potential.evaluate(state.positions, system.params, state.aux)
     state = replace(state, velocities=v, forces=ev.forces, potential_energy=ev.energy, aux=aux)
     n = system.n_atoms

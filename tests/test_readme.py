@@ -44,7 +44,9 @@ def jax_cache(tmp_path_factory) -> str:
 def test_readme_block_runs(line, source, tmp_path, jax_cache):
     script = tmp_path / f"README_md_line{line}.py"
     script.write_text("\n" * (line - 1) + source)  # line numbers as in README.md
-    env = dict(os.environ, MPLBACKEND="Agg", JAX_COMPILATION_CACHE_DIR=jax_cache)
+    # implicit rank promotion an error, as conftest makes it for the tests run in-process
+    env = dict(os.environ, MPLBACKEND="Agg", JAX_COMPILATION_CACHE_DIR=jax_cache,
+               JAX_NUMPY_RANK_PROMOTION="raise")
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     env.pop("PYTHONPATH", None)  # the installed package, as a reader has it
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,

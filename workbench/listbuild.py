@@ -90,7 +90,7 @@ def compact(hit: Array, k: int, atom_of) -> tuple[Array, Array]:
     recomputes chained gathers) and 5x faster than scattering every hit."""
     bb, n_runs, m = hit.shape
     n_words = -(-m // WORD)
-    j = jnp.arange(m, dtype=jnp.int32)
+    j = jnp.arange(m, dtype=jnp.int32)[None, None, :]
     bits = jnp.left_shift(hit.astype(jnp.uint32), (j % WORD).astype(jnp.uint32))
     if n_words == 1:
         words = [jnp.sum(bits, -1, dtype=jnp.uint32)]
@@ -169,7 +169,8 @@ def cell_build(space: Space, positions: Array, nbrs):
         ii = b * bb + jnp.arange(bb, dtype=jnp.int32)
         c = cs[ii]
         cz, cy, cx = c % g2, (c // g2) % g1, c // (g1 * g2)
-        base = (((cx[:, None] + off[:, 0]) % g0) * g1 + (cy[:, None] + off[:, 1]) % g1) * g2
+        ox, oy = off[None, :, 0], off[None, :, 1]  # (1, runs)
+        base = (((cx[:, None] + ox) % g0) * g1 + (cy[:, None] + oy) % g1) * g2
         lo, hi = (cz - reach)[:, None], (cz + reach)[:, None]
         za0 = jnp.where(lo < 0, lo + g2, lo)
         za1 = jnp.where((lo < 0) | (hi >= g2), g2 - 1, hi)
@@ -178,7 +179,7 @@ def cell_build(space: Space, positions: Array, nbrs):
         l_a = end[base + za1] - s_a
         s_b = start[base]  # second piece (wrapped through z = 0)
         l_b = jnp.where(zb1 >= 0, end[base + jnp.maximum(zb1, 0)] - s_b, 0)
-        j = jnp.arange(m, dtype=jnp.int32)
+        j = jnp.arange(m, dtype=jnp.int32)[None, None, :]
         la3 = l_a[..., None]
         cj = jnp.where(j < la3, s_a[..., None] + j, s_b[..., None] + j - la3)  # (B, runs, m)
         valid = j < (l_a + l_b)[..., None]
@@ -216,7 +217,7 @@ def all_pairs_build(space: Space, positions: Array, nbrs):
         key = sort_ids(space, positions, nbrs.sort_grid)
         order, inverse, (xs, ys, zs) = _sorted(space, positions, rows, key)
     n_runs = -(-rows // WORD)
-    cand = jnp.arange(n_runs * WORD, dtype=jnp.int32).reshape(n_runs, WORD)
+    cand = jnp.arange(n_runs * WORD, dtype=jnp.int32).reshape(1, n_runs, WORD)
     pad = n_runs * WORD - rows
     xc, yc, zc = (jnp.concatenate([c, jnp.zeros(pad, c.dtype)]).reshape(n_runs, WORD)
                   for c in (xs, ys, zs))
@@ -227,7 +228,8 @@ def all_pairs_build(space: Space, positions: Array, nbrs):
         space, xs, ys, zs, xc, yc, zc = sh
         ii = b * bb + jnp.arange(bb, dtype=jnp.int32)
         dx, dy, dz = space.displacement_components(
-            xs[ii][:, None, None] - xc, ys[ii][:, None, None] - yc, zs[ii][:, None, None] - zc)
+            xs[ii][:, None, None] - xc[None], ys[ii][:, None, None] - yc[None],
+            zs[ii][:, None, None] - zc[None])
         hit = (dx * dx + dy * dy + dz * dz < rc2) & (cand < n) & (cand != ii[:, None, None])
         hit = hit & (ii < n)[:, None, None]
         table, count = compact(hit, k, lambda q, slot: q * WORD + slot)

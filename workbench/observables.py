@@ -166,7 +166,7 @@ def pair_histogram(space: Space, edges):
         dist = jnp.sqrt(jnp.sum(d * d, -1) + jnp.eye(n, dtype=positions.dtype))  # no sqrt(0)
         idx = jnp.searchsorted(jnp.asarray(edges, positions.dtype), dist, side="right") - 1
         idx = jnp.where(jnp.eye(n, dtype=bool), -1, idx)
-        counts = jnp.sum(idx[..., None] == jnp.arange(edges.size - 1), axis=(0, 1))
+        counts = jnp.sum(idx[..., None] == jnp.arange(edges.size - 1)[None, None, :], axis=(0, 1))
         volume = box_volume(b)
         return counts / (jnp.asarray(shell, positions.dtype) * n * (n - 1) / volume)
 

@@ -361,14 +361,14 @@ class CustomNonbonded(CutoffPairTerm):
         rc = float(self.cutoff)
         x, w = 0.5 * (_TAIL[0] + 1.0), 0.5 * _TAIL[1]  # nodes and weights on (0, 1)
         e = self._energy_of(jnp.asarray(rc / x, dtype)[None, :], v1, v2, glob, tables)
-        integral = rc**3 * jnp.sum(jnp.asarray(w / x**4, dtype) * e, -1)
+        integral = rc**3 * jnp.sum(jnp.asarray(w / x**4, dtype)[None, :] * e, -1)
         if self.switch_distance is not None:
             rs = float(self.switch_distance)
             x, w = _SWITCH
             r = 0.5 * (rc - rs) * x + 0.5 * (rc + rs)
             weight = 0.5 * (rc - rs) * w * (1.0 - _switch((r - rs) / (rc - rs))) * r * r
             e = self._energy_of(jnp.asarray(r, dtype)[None, :], v1, v2, glob, tables)
-            integral = integral + jnp.sum(jnp.asarray(weight, dtype) * e, -1)
+            integral = integral + jnp.sum(jnp.asarray(weight, dtype)[None, :] * e, -1)
         n = float(self.n_particles)
         mean = jnp.sum(jnp.asarray(counts, dtype) * integral) / (n * (n + 1) / 2)
         return 2.0 * np.pi * n * n * mean / volume

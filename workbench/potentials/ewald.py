@@ -359,7 +359,7 @@ def _spread_charges_jvp(grid, order, primals, tangents):
     wx, wy, wz = w[:, 0], w[:, 1], w[:, 2]
     w3 = _outer3(wx, wy, wz)
     q = _scatter_windows(base, charges[:, None, None, None] * w3, grid)
-    du = charges[:, None] * jnp.asarray(grid, fractional.dtype) * dfrac  # q_i du_i (N, 3)
+    du = charges[:, None] * jnp.asarray(grid, fractional.dtype)[None, :] * dfrac  # q_i du_i (N, 3)
     windows = (dq[:, None, None, None] * w3
                + du[:, 0, None, None, None] * _outer3(dw[:, 0], wy, wz)
                + du[:, 1, None, None, None] * _outer3(wx, dw[:, 1], wz)
@@ -399,7 +399,7 @@ def _pme_influence(
     kz = np.arange(nzh)
     partner = c[np.ix_((-np.arange(nx)) % nx, (-np.arange(ny)) % ny, (-kz) % nz)]
     has_partner = ((kz > 0) & (2 * kz != nz)).astype(dtype)  # the partner is not stored itself
-    return c[:, :, :nzh] + has_partner * partner
+    return c[:, :, :nzh] + has_partner[None, None, :] * partner
 
 
 def pme_reciprocal_energy(

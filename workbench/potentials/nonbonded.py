@@ -322,6 +322,8 @@ class Nonbonded(CutoffPairTerm):
             r = 0.5 * (rc - rs) * x + 0.5 * (rc + rs)
             t = (r - rs) / (rc - rs)
             one_minus_s = -(t**3) * (-10.0 + t * (15.0 - 6.0 * t))
+            # quadrature nodes along a last axis, after the (types, types) pair axes
+            r, one_minus_s, w = (np.reshape(a, (1, 1, -1)) for a in (r, one_minus_s, w))
             lj = (s6[..., None] ** 2 / r**12 - s6[..., None] / r**6) * r**2 * one_minus_s
             f = f + e * 0.5 * (rc - rs) * jnp.sum(jnp.asarray(w) * lj, -1)
         pair_sum = 0.5 * (counts @ f @ counts + jnp.sum(counts * jnp.diagonal(f)))

@@ -219,7 +219,7 @@ def gaussian_on_grid(grid: Grid, center: Array, sigma: Array, height: Array) -> 
         factors = [dg[a] if (c >> a) & 1 else g[a] for a in range(grid.dim)]
         table = factors[0]
         for f in factors[1:]:
-            table = table[..., None] * f
+            table = jnp.multiply.outer(table, f)
         out.append(table)
     return height * jnp.stack(out, -1)
 
