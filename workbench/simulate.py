@@ -513,7 +513,7 @@ def _same_structure(old, new, what: str):
         if a.shape != jnp.shape(o):
             raise ValueError(f"{what} leaf has shape {a.shape}, expected {jnp.shape(o)} "
                              "(shapes are structural: rebuild the simulation to change them)")
-        if not bool(jnp.all(jnp.isfinite(a))):
+        if not np.all(np.isfinite(np.asarray(a))):  # on the host: no compile per shape
             raise ValueError(f"{what} contains non-finite values")
         out.append(a)
     return jax.tree_util.tree_unflatten(old_def, out)
