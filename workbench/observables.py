@@ -64,7 +64,7 @@ def rigid_groups(constraints, n_atoms: int) -> np.ndarray:
     """Host side: (N,) group index of each atom, atoms joined by constraints (a rigid water, a
     methyl's C-H bonds) sharing a group, every other atom alone in its own. For
     :func:`group_pressure`."""
-    from .dynamics.constraints import _WATER_I, _WATER_J
+    from .dynamics.constraints import constraint_pairs
 
     parent = np.arange(n_atoms)
 
@@ -74,10 +74,7 @@ def rigid_groups(constraints, n_atoms: int) -> np.ndarray:
             a = parent[a]
         return a
 
-    # the pairs of constraint_pairs, in NumPy (its jnp ops compile one by one when eager)
-    w = np.asarray(constraints.waters).reshape(-1, 3)
-    pairs = np.concatenate([np.asarray(constraints.pairs).reshape(-1, 2),
-                            np.stack([w[:, _WATER_I], w[:, _WATER_J]], -1).reshape(-1, 2)])
+    pairs, _ = constraint_pairs(constraints)  # NumPy: concrete constraints
     for i, j in pairs:
         ri, rj = find(int(i)), find(int(j))
         if ri != rj:

@@ -313,12 +313,16 @@ def constrained_dof(n_atoms: int, c: Constraints, remove_com: bool = True) -> in
 
 def constraint_pairs(c: Constraints) -> tuple[Array, Array]:
     """All constraints as pairs, waters included (three each, O-H1, O-H2, H1-H2):
-    ((C + 3W, 2) int32 atom indices, (C + 3W,) nm distances)."""
-    w = c.waters
-    wp = jnp.stack([w[:, _WATER_I], w[:, _WATER_J]], axis=-1).reshape(-1, 2)
-    wd = jnp.stack([c.water_oh, c.water_oh, c.water_hh], axis=-1).reshape(-1)
-    return (jnp.concatenate([c.pairs, wp.astype(c.pairs.dtype)]),
-            jnp.concatenate([c.distances, wd.astype(c.distances.dtype)]))
+    ((C + 3W, 2) int32 atom indices, (C + 3W,) nm distances). NumPy arrays when ``c`` is
+    concrete (host side: eager jnp ops would each compile), traced arrays under jit."""
+    xp = jnp if _concrete(*jax.tree_util.tree_leaves(c)) is None else np
+    w = xp.asarray(c.waters)
+    wp = xp.stack([w[:, _WATER_I], w[:, _WATER_J]], axis=-1).reshape(-1, 2)
+    wd = xp.stack([xp.asarray(c.water_oh), xp.asarray(c.water_oh), xp.asarray(c.water_hh)],
+                  axis=-1).reshape(-1)
+    pairs, d = xp.asarray(c.pairs), xp.asarray(c.distances)
+    return (xp.concatenate([pairs, wp.astype(pairs.dtype)]),
+            xp.concatenate([d, wd.astype(d.dtype)]))
 
 
 def constraint_errors(positions: Array, c: Constraints) -> Array:
