@@ -23,7 +23,7 @@ def cluster():
 
 
 def _gyration(x):
-    c = x - x.mean(0)
+    c = x - x.mean(0, keepdims=True)
     return jnp.sqrt(jnp.mean(jnp.sum(c * c, -1)))
 
 

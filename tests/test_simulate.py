@@ -212,7 +212,7 @@ def trapped_cluster():
     L = 12.0
     space = spaces.periodic(L)
     pair = PairPotential("lennard_jones", space, 2.5, truncation="force_shift", skin=0.3)
-    centre = jnp.full(3, L / 2)
+    centre = jnp.full((1, 3), L / 2)
     trap = FunctionPotential(lambda r, p: 0.5 * p["k"] * jnp.sum((r - centre) ** 2))
     potential = Sum({"lj": pair, "trap": trap})
     params = {"lj": pair.init_params(), "trap": {"k": jnp.asarray(5.0)}}
