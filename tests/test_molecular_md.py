@@ -110,9 +110,10 @@ def test_langevin_matches_openmm_mean_energy_and_temperature(dipeptide):
 @pytest.mark.slow
 def test_langevin_in_water_matches_openmm():
     """ACE-ALA-NME in 775 TIP3P waters (2347 atoms), amber14, PME with a 1 nm cutoff, bonds to
-    hydrogen constrained and rigid water (SETTLE), 300 K, 2 fs, friction 5/ps: 0.8 ps of
+    hydrogen constrained and rigid water (SETTLE), 300 K, 2 fs, friction 5/ps: 2 ps of
     equilibration, then 2.4 ps sampled every 20 steps in each engine (OpenMM's CPU platform,
-    same settings). Mean potential energy and temperature agree within statistical error; the
+    same settings). After only 0.8 ps the energy was still relaxing in the sampled window (block
+    errors three times OpenMM's, and a 4.3-sigma miss on one seed). Mean potential energy and temperature agree within statistical error; the
     temperature counts 3N less the 2337 constraints."""
     ff = ["amber14-all.xml", "amber14/tip3p.xml"]
     water = wfo.load(data_file("alanine-dipeptide-water.pdb"), ff, nonbonded_method="PME",
@@ -123,7 +124,7 @@ def test_langevin_in_water_matches_openmm():
         water, "alanine-dipeptide-water.pdb", ff,
         dict(nonbondedMethod=app.PME, nonbondedCutoff=1.0 * unit.nanometer,
              constraints=app.HBonds, rigidWater=True, ewaldErrorTolerance=5e-4),
-        gamma=GAMMA, n_eq=400, n_run=1200, every=20, seed=5)
+        gamma=GAMMA, n_eq=1000, n_run=1200, every=20, seed=5)
     assert_agree(wb, ref)
 
 
