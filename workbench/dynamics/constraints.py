@@ -315,14 +315,14 @@ def constraint_pairs(c: Constraints) -> tuple[Array, Array]:
     """All constraints as pairs, waters included (three each, O-H1, O-H2, H1-H2):
     ((C + 3W, 2) int32 atom indices, (C + 3W,) nm distances). NumPy arrays when ``c`` is
     concrete (host side: eager jnp ops would each compile), traced arrays under jit."""
-    xp = jnp if _concrete(*jax.tree_util.tree_leaves(c)) is None else np
-    w = xp.asarray(c.waters)
+    leaves, tree = jax.tree_util.tree_flatten(c)
+    host = _concrete(*leaves)
+    xp, c = (jnp, c) if host is None else (np, jax.tree_util.tree_unflatten(tree, host))
+    w = c.waters
     wp = xp.stack([w[:, _WATER_I], w[:, _WATER_J]], axis=-1).reshape(-1, 2)
-    wd = xp.stack([xp.asarray(c.water_oh), xp.asarray(c.water_oh), xp.asarray(c.water_hh)],
-                  axis=-1).reshape(-1)
-    pairs, d = xp.asarray(c.pairs), xp.asarray(c.distances)
-    return (xp.concatenate([pairs, wp.astype(pairs.dtype)]),
-            xp.concatenate([d, wd.astype(d.dtype)]))
+    wd = xp.stack([c.water_oh, c.water_oh, c.water_hh], axis=-1).reshape(-1)
+    return (xp.concatenate([c.pairs, wp.astype(c.pairs.dtype)]),
+            xp.concatenate([c.distances, wd.astype(c.distances.dtype)]))
 
 
 def constraint_errors(positions: Array, c: Constraints) -> Array:
