@@ -10,14 +10,12 @@ functions. Everything as OpenMM's Reference platform does it:
   r < cutoff; the latter with minimum images): no reaction field or shift, the expression as is;
 * the switching function S(t) = 1 - 10 t^3 + 15 t^4 - 6 t^5, t = (r - r_switch) / (r_cut -
   r_switch), multiplying E for r > r_switch (cutoff methods only);
-* exclusions: excluded pairs do not interact. The pair loop runs over the neighbor list as built
-  (it knows nothing of exclusions) and masks them with per-particle bit masks over index offsets:
-  an excluded pair i < j with j - i < 32 w is bit j - i of particle i's mask (w <= 2 words of 32
-  bits; bonded exclusions are close in index, so no per-pair table is needed). Exclusions farther
-  apart in index (rare: disulfide bridges, unusual atom orders) are subtracted pair by pair
-  after the loop, as :mod:`workbench.potentials.nonbonded` does. Masking rather than
-  subtracting keeps single precision accurate: charmm36's excluded 1-2 and 1-3 pairs carry
-  ~1e7 kJ/mol of r^-12 energy that a subtraction would have to cancel;
+* exclusions: excluded pairs do not interact. The pair loop masks them with per-particle bit
+  masks over index offsets (:mod:`workbench.potentials.exclusions`); exclusions too far apart in
+  index for the masks (rare: disulfide bridges, unusual atom orders) are subtracted pair by pair
+  after the loop. Masking rather than subtracting keeps single precision accurate: charmm36's
+  excluded 1-2 and 1-3 pairs carry ~1e7 kJ/mol of r^-12 energy that a subtraction would have to
+  cancel;
 * interaction groups: only pairs with one particle in a group's first set and the other in its
   second set interact, once per group that contains the pair (OpenMM's loops); memberships are
   per-particle bit masks, so the pair loop applies them without a per-pair table;
@@ -51,6 +49,7 @@ import numpy as np
 
 from .. import space as spaces
 from ..units import strip
+from ..potentials import exclusions as exclusion_masks
 from ..potentials.pairloop import (CutoffPairTerm, block_virial, energy_and_forces,
                                    finish_virial, pair_blocks, row_forces)
 from ..space import Space
@@ -71,7 +70,6 @@ __all__ = ["METHODS", "CustomNonbonded", "from_openmm_force"]
 
 METHODS = ("NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic")
 """OpenMM's CustomNonbondedForce methods, in the order of its enumeration."""
-_MAX_WORDS = 2  # exclusion masks cover index offsets below 64
 _TAIL = np.polynomial.legendre.leggauss(64)
 _SWITCH = np.polynomial.legendre.leggauss(48)
 
@@ -94,22 +92,6 @@ def _group_bits(groups, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _popcount(x) -> Array:
     return jax.lax.population_count(x).astype(jnp.int32)
-
-
-def _excluded(id_i, id_j, mask_i, mask_j) -> Array:
-    """Whether pairs (broadcast (B, K)) are excluded, from the offset bit masks (B, 1, w) and
-    (B, K, w) of their particles (see the module docstring)."""
-    lower = id_i < id_j
-    offset = jnp.abs(id_j - id_i)
-    words = mask_i.shape[-1]
-    mask = jnp.where(lower[..., None], mask_i, mask_j)
-    if words == 1:
-        word = mask[..., 0]
-    else:
-        which = jnp.minimum(offset // 32, words - 1)[..., None]
-        word = jnp.take_along_axis(mask, which, axis=-1)[..., 0]
-    bit = (word >> (offset % 32).astype(jnp.uint32)) & jnp.uint32(1)
-    return (offset < 32 * words) & (bit == 1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,9 +150,7 @@ class CustomNonbonded(CutoffPairTerm):
             tuple(f"type{i}" for i in range(n_types))
         if len(names) != n_types:
             raise ValueError(f"{len(names)} type names for {n_types} types")
-        pairs = {(min(i, j), max(i, j)) for i, j in np.asarray(self.exclusions).reshape(-1, 2)
-                 if i != j}
-        excl = np.asarray(sorted(pairs), np.int32).reshape(-1, 2)
+        excl = exclusion_masks.unique_pairs(self.exclusions)
         if excl.size and (excl.min() < 0 or excl.max() >= n):
             raise ValueError(f"exclusions index out of range for {n} particles")
         groups = tuple((np.unique(np.asarray(a, np.int32)), np.unique(np.asarray(b, np.int32)))
@@ -184,16 +164,9 @@ class CustomNonbonded(CutoffPairTerm):
         object.__setattr__(self, "groups", groups)
         bits = _group_bits(groups, n) if groups else None
         object.__setattr__(self, "_bits", bits)
-        offset = excl[:, 1] - excl[:, 0]
-        words = min(_MAX_WORDS, int(offset.max()) // 32 + 1) if len(excl) else 0
-        near = offset < 32 * words
-        masks = None
-        if words:
-            masks = np.zeros((n, words), np.uint32)
-            lo, off = excl[near, 0], offset[near]
-            np.bitwise_or.at(masks, (lo, off // 32), (np.uint32(1) << (off % 32).astype(np.uint32)))
+        masks = exclusion_masks.build(excl, n)
         object.__setattr__(self, "_exclusion_masks", masks)
-        far = excl[~near]
+        far = masks.far if masks is not None else excl[:0]
         weights = np.ones(len(far))
         if bits is not None and len(far):
             i, j = far[:, 0], far[:, 1]
@@ -291,7 +264,7 @@ class CustomNonbonded(CutoffPairTerm):
                 both = (ai["set1"] & aj["set2"]) | (ai["set2"] & aj["set1"])
                 weight = jnp.sum(_popcount(both), -1).astype(r2.dtype)
             if self._exclusion_masks is not None:
-                active = ~_excluded(ai["id"], aj["id"], ai["excluded"], aj["excluded"])
+                active = ~exclusion_masks.excluded(ai["id"], aj["id"], ai["excluded"])
 
             def u(r2):
                 e = self._pair_energy(r2, vi, vj, glob, tables, active, safe)
@@ -322,7 +295,7 @@ class CustomNonbonded(CutoffPairTerm):
             atoms["set1"], atoms["set2"] = jnp.asarray(self._bits[0]), jnp.asarray(self._bits[1])
         if self._exclusion_masks is not None:
             atoms["id"] = jnp.arange(self.n_particles, dtype=jnp.int32)
-            atoms["excluded"] = jnp.asarray(self._exclusion_masks)
+            atoms["excluded"] = jnp.asarray(self._exclusion_masks.masks)
         if self.method == "NoCutoff":
             aux = None  # every pair, whatever list other terms share
         out, inverse = pair_blocks(positions, atoms, aux, space, self.pair_cutoff,

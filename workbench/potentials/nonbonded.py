@@ -17,9 +17,11 @@ Exclusions and exceptions. Every exception pair is excluded from the normal sum.
 non-zero parameters (the 1-4 pairs) are computed separately with plain Coulomb and LJ, no cutoff:
 either *scaled* (q_i q_j coulomb14scale, LJ with mixed sigma and lj14scale sqrt(eps_i eps_j), so
 they follow the atom types' parameters) or *fixed* (their own per-pair parameters). The pair loop
-runs over the list as built (which knows nothing of exclusions); the excluded pairs' contributions
-are then subtracted exactly, pair by pair (cost O(exclusions), no per-pair test in the inner loop,
-correct across list rebuilds and sorting). In Ewald methods the reciprocal sum includes excluded
+runs over the list as built (which knows nothing of exclusions) and masks excluded pairs with
+per-particle bit masks over index offsets (:mod:`workbench.potentials.exclusions`): their charge
+product and epsilon are zero there, so single precision never has to cancel an excluded C-H
+pair's ~1e5 kJ/mol of r^-12 energy. The few exclusions too far apart in index for the masks are
+subtracted pair by pair after the loop. In Ewald methods the reciprocal sum includes excluded
 pairs too, and k q_i q_j erf(alpha r)/r is subtracted for them, as OpenMM does.
 
 Parameters (numeric, keyed by type): ``charge`` (Tq,) e per charge type, ``sigma``,
@@ -40,6 +42,7 @@ import numpy as np
 
 from .. import units
 from ..space import Space
+from . import exclusions as exclusion_masks
 from .pairloop import (CutoffPairTerm, block_virial, energy_and_forces, finish_virial,
                        pair_blocks, row_forces)
 
@@ -128,6 +131,7 @@ class Nonbonded(CutoffPairTerm):
             object.__setattr__(self, name, pairs)
         object.__setattr__(self, "charge_types", qt)
         object.__setattr__(self, "lj_types", lt)
+        object.__setattr__(self, "_masks", exclusion_masks.build(self.exclusions, len(qt)))
         for attr, types in (("charge_type_names", qt), ("lj_type_names", lt)):
             n = int(types.max()) + 1 if len(types) else 0
             names = getattr(self, attr)
@@ -182,12 +186,15 @@ class Nonbonded(CutoffPairTerm):
         """Energy of pairs (any shape) in the normal sum, zero beyond the cutoff."""
         return self._pair_terms(r2, qq, sig, eps, dtype, forces=False)
 
-    def _pair_terms(self, r2, qq, sig, eps, dtype, forces: bool):
+    def _pair_terms(self, r2, qq, sig, eps, dtype, forces: bool, keep=None):
         """Pair energies, and with ``forces`` also -dU/dr / r (so the force on i from j is that
         times r_ij), written out by hand: the inner loop of every step (about 2x faster than
-        differentiating the energy with ``jvp``; the two are compared in the tests)."""
+        differentiating the energy with ``jvp``; the two are compared in the tests). ``keep``:
+        False for pairs that do not interact (exclusions), which are exactly zero."""
         rc = self.pair_cutoff
         inside = r2 < rc * rc
+        if keep is not None:
+            inside = inside & keep
         r2 = jnp.where(inside, r2, 0.25 * rc * rc)
         inv_r2 = 1.0 / r2
         inv_r = jnp.sqrt(inv_r2)
@@ -226,12 +233,19 @@ class Nonbonded(CutoffPairTerm):
 
     def _atoms(self, params):
         pp = self.particle_params(params)
-        return {"q": pp["charge"], "s": 0.5 * pp["sigma"], "e": sqrt0(pp["epsilon"])}
+        atoms = {"q": pp["charge"], "s": 0.5 * pp["sigma"], "e": sqrt0(pp["epsilon"])}
+        if self._masks is not None:
+            atoms["id"] = exclusion_masks.particle_ids(self.n_particles, pp["charge"].dtype)
+            atoms["excluded"] = jnp.asarray(self._masks.masks)
+        return atoms
 
     def _pair_block(self, forces: bool, virial: bool = False):
         def per_block(dx, dy, dz, r2, ai, aj, _):
+            keep = None
+            if self._masks is not None:  # excluded pairs: exactly zero, nothing to cancel
+                keep = ~exclusion_masks.excluded(ai["id"], aj["id"], ai["excluded"])
             out = self._pair_terms(r2, ai["q"] * aj["q"], ai["s"] + aj["s"], ai["e"] * aj["e"],
-                                   dx.dtype, forces or virial)
+                                   dx.dtype, forces or virial, keep)
             if not (forces or virial):
                 return 0.5 * jnp.sum(out)
             e, f_over_r = out
@@ -258,23 +272,27 @@ class Nonbonded(CutoffPairTerm):
         return jnp.sqrt(jnp.sum(d * d, -1))
 
     def _explicit_energy(self, positions, params, space):
-        """Everything but the pair loop: excluded pairs taken back out, 1-4 exceptions,
-        reciprocal and self energies, dispersion correction."""
+        """Everything but the pair loop: excluded pairs the masks miss taken back out, 1-4
+        exceptions, reciprocal and self energies (with the excluded pairs' reciprocal part taken
+        out), dispersion correction."""
         dtype = positions.dtype
         k = units.ONE_4PI_EPS0
         pp = self.particle_params(params)
         q, sig, eps = pp["charge"], pp["sigma"], pp["epsilon"]
         total = jnp.zeros((), dtype)
-        if len(self.exclusions):
+        far = self._masks.far if self._masks is not None else self.exclusions[:0]
+        if len(far):
+            i, j = far[:, 0], far[:, 1]
+            r = self._distances(positions, far, space)
+            total = total - jnp.sum(self._pair_energy(
+                r * r, q[i] * q[j], 0.5 * (sig[i] + sig[j]), sqrt0(eps[i]) * sqrt0(eps[j]),
+                dtype))
+        if self.ewald and len(self.exclusions):
+            from . import ewald
+
             i, j = self.exclusions[:, 0], self.exclusions[:, 1]
             r = self._distances(positions, self.exclusions, space)
-            qq = q[i] * q[j]
-            total = total - jnp.sum(self._pair_energy(
-                r * r, qq, 0.5 * (sig[i] + sig[j]), sqrt0(eps[i]) * sqrt0(eps[j]), dtype))
-            if self.ewald:
-                from . import ewald
-
-                total = total + ewald.excluded_pair_correction(r, qq, self.ewald_alpha)
+            total = total + ewald.excluded_pair_correction(r, q[i] * q[j], self.ewald_alpha)
         for pairs, scaled in ((self.scaled_pairs, True), (self.fixed_pairs, False)):
             if not len(pairs):
                 continue

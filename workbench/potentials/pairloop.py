@@ -73,27 +73,36 @@ def pair_blocks(positions: Array, per_atom: Any, aux, space: Space, cutoff: floa
     rs = sort_pad(positions)
     xs, ys, zs = rs[:, 0], rs[:, 1], rs[:, 2]
     atoms = jax.tree_util.tree_map(sort_pad, per_atom)
+    # one gather of a packed row per neighbor (coordinates and the scalar per-atom data of the
+    # positions' dtype) instead of one gather per array: neighbors are random accesses, and a
+    # row is one cache line where separate arrays cost one each
+    leaves, treedef = jax.tree_util.tree_flatten(atoms)
+    packed = [k for k, a in enumerate(leaves) if a.ndim == 1 and a.dtype == rs.dtype]
+    table = jnp.concatenate([rs] + [leaves[k][:, None] for k in packed], axis=1)
     b = min(nl.BLOCK, rows)  # one short block for small systems (see nl.padded_rows)
     far2 = 4.0 * cutoff**2
 
     def block(sh, args):
-        xs, ys, zs, atoms, space, shared = sh
+        xs, ys, zs, table, leaves, space, shared = sh
         start, nbr = args  # nbr: (B, K) sorted positions of neighbors
         xi = jax.lax.dynamic_slice_in_dim(xs, start, b)[:, None]
         yi = jax.lax.dynamic_slice_in_dim(ys, start, b)[:, None]
         zi = jax.lax.dynamic_slice_in_dim(zs, start, b)[:, None]
-        rx, ry, rz = xi - xs[nbr], yi - ys[nbr], zi - zs[nbr]
+        rows_j = table[nbr]  # (B, K, 3 + packed)
+        rx, ry, rz = xi - rows_j[..., 0], yi - rows_j[..., 1], zi - rows_j[..., 2]
         dx, dy, dz = space.displacement_components(rx, ry, rz)
         r2 = jnp.where(nbr < n, dx * dx + dy * dy + dz * dz, jnp.asarray(far2, xs.dtype))
-        atom_i = jax.tree_util.tree_map(
-            lambda a: jax.lax.dynamic_slice_in_dim(a, start, b)[:, None], atoms)
-        atom_j = jax.tree_util.tree_map(lambda a: a[nbr], atoms)
+        atom_i = jax.tree_util.tree_unflatten(treedef, [
+            jax.lax.dynamic_slice_in_dim(a, start, b)[:, None] for a in leaves])
+        column = {k: 3 + c for c, k in enumerate(packed)}
+        atom_j = jax.tree_util.tree_unflatten(treedef, [
+            rows_j[..., column[k]] if k in column else a[nbr] for k, a in enumerate(leaves)])
         if raw:
             return per_block(dx, dy, dz, r2, atom_i, atom_j, shared, (rx, ry, rz))
         return per_block(dx, dy, dz, r2, atom_i, atom_j, shared)
 
     starts = jnp.arange(0, rows, b, dtype=jnp.int32)
-    out = parallel.block_map(block, (xs, ys, zs, atoms, space, shared),
+    out = parallel.block_map(block, (xs, ys, zs, table, leaves, space, shared),
                              (starts, idx.reshape(rows // b, b, k)))
     return out, inverse
 
