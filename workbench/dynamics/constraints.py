@@ -53,23 +53,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Array = jax.Array
-
-__all__ = [
-    "Constraints",
-    "constrain_positions",
-    "constrain_velocities",
-    "constrained_dof",
-    "constraint_errors",
-    "constraint_pairs",
-    "constraints_from_openmm",
-    "make_constraints",
-    "n_constraints",
-]
-
+from . import constraint_set
 from .constraint_set import (_WATER_I, _WATER_J, Constraints, _check_inputs,  # noqa: F401
                              constrained_dof, constraint_errors, constraint_pairs,
                              constraints_from_openmm, make_constraints, n_constraints)
+
+Array = jax.Array
+
+__all__ = ["constrain_positions", "constrain_velocities", *constraint_set.__all__]
 
 
 # ----------------------------------------------------------------------------- cluster algebra

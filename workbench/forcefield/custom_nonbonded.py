@@ -294,7 +294,7 @@ class CustomNonbonded(CutoffPairTerm):
         if self._bits is not None:
             atoms["set1"], atoms["set2"] = jnp.asarray(self._bits[0]), jnp.asarray(self._bits[1])
         if self._exclusion_masks is not None:
-            atoms["id"] = jnp.arange(self.n_particles, dtype=jnp.int32)
+            atoms["id"] = exclusion_masks.particle_ids(self.n_particles, positions.dtype)
             atoms["excluded"] = jnp.asarray(self._exclusion_masks.masks)
         if self.method == "NoCutoff":
             aux = None  # every pair, whatever list other terms share

@@ -13,8 +13,8 @@ subtract after the loop.
 
 Masking rather than subtracting is what keeps single precision accurate: an excluded 1-2 pair
 such as C-H carries ~1e5 kJ/mol of r^-12 energy and ~1e7 kJ/mol/nm of force (charmm36's NBFIX
-pairs more), which a subtraction after the loop must cancel to float32's 1e-7 relative (about
-1 kJ/mol/nm of error on the atoms of a peptide, measured against float64).
+pairs more), which a subtraction after the loop must cancel to float32's 1e-7 relative (measured against
+float64: up to 13.9 kJ/mol/nm of error on vacuum alanine dipeptide, 1.4 on the solvated one).
 """
 
 from __future__ import annotations

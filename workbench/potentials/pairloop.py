@@ -79,6 +79,7 @@ def pair_blocks(positions: Array, per_atom: Any, aux, space: Space, cutoff: floa
     leaves, treedef = jax.tree_util.tree_flatten(atoms)
     packed = [k for k, a in enumerate(leaves) if a.ndim == 1 and a.dtype == rs.dtype]
     table = jnp.concatenate([rs] + [leaves[k][:, None] for k in packed], axis=1)
+    column = {k: 3 + c for c, k in enumerate(packed)}  # leaf -> its column of the table
     b = min(nl.BLOCK, rows)  # one short block for small systems (see nl.padded_rows)
     far2 = 4.0 * cutoff**2
 
@@ -94,7 +95,6 @@ def pair_blocks(positions: Array, per_atom: Any, aux, space: Space, cutoff: floa
         r2 = jnp.where(nbr < n, dx * dx + dy * dy + dz * dz, jnp.asarray(far2, xs.dtype))
         atom_i = jax.tree_util.tree_unflatten(treedef, [
             jax.lax.dynamic_slice_in_dim(a, start, b)[:, None] for a in leaves])
-        column = {k: 3 + c for c, k in enumerate(packed)}
         atom_j = jax.tree_util.tree_unflatten(treedef, [
             rows_j[..., column[k]] if k in column else a[nbr] for k, a in enumerate(leaves)])
         if raw:
