@@ -49,6 +49,14 @@ def _fd(f, *args, argnum=0, direction=None):
     return (shifted(H) - shifted(-H)) / (2 * H)
 
 
+def _value_and_grad(f, argnums=0):
+    """One compiled program for the value and the gradient (finite differences read its
+    values): jax.grad of a jitted f compiles the forward and backward passes apart, and the
+    plain f a third time."""
+    vg = jax.jit(jax.value_and_grad(f, argnums=argnums))
+    return vg, lambda *a: vg(*a)[0]
+
+
 def test_lj_trajectory_gradients_match_finite_differences(fluid):
     """60 Langevin steps, the potential energy every 20: d/d epsilon, d/d sigma and the
     derivative along a random direction of the initial positions (checkpointed), and the plain
@@ -61,24 +69,29 @@ def test_lj_trajectory_gradients_match_finite_differences(fluid):
     direction = jax.random.normal(jax.random.PRNGKey(9), state.positions.shape)
     zero = jnp.zeros_like(state.positions)
     run = tj.trajectory(it, 60, observable=obs, every=20, checkpoint="sqrt")
-    for scale in ("epsilon", "sigma"):
-        f = jax.jit(_loss(run, state, fluid.params, settings, scale))
-        g_s, g_x = jax.jit(jax.grad(f, argnums=(0, 1)))(1.0, zero)
-        assert float(g_s) == pytest.approx(_fd(f, 1.0, zero), rel=REL), scale
-    fd_x = _fd(f, 1.0, zero, argnum=1, direction=direction)
+
+    def loss(s_eps, s_sig, dx):  # both parameters scaled: one program gives both derivatives
+        p = dict(fluid.params, sigma=fluid.params["sigma"] * s_sig)
+        return _loss(run, state, p, settings, "epsilon")(s_eps, dx)
+
+    vg, f = _value_and_grad(loss, argnums=(0, 1, 2))
+    _, (g_eps, g_s, g_x) = vg(1.0, 1.0, zero)
+    assert float(g_eps) == pytest.approx(_fd(f, 1.0, 1.0, zero, argnum=0), rel=REL)
+    assert float(g_s) == pytest.approx(_fd(f, 1.0, 1.0, zero, argnum=1), rel=REL)
+    fd_x = _fd(f, 1.0, 1.0, zero, argnum=2, direction=direction)
     assert float(jnp.sum(g_x * direction)) == pytest.approx(fd_x, rel=REL)
+
+    def sigma_gradient(run):
+        return float(jax.jit(jax.grad(_loss(run, state, fluid.params, settings, "sigma")))(
+            1.0, zero))
+
     plain = tj.trajectory(it, 60, observable=obs, every=20, checkpoint=None)
-    g_plain = jax.grad(_loss(plain, state, fluid.params, settings, "sigma"))(1.0, zero)
-    assert float(g_plain) == pytest.approx(float(g_s), rel=1e-10)
+    assert sigma_gradient(plain) == pytest.approx(float(g_s), rel=1e-10)
     for every in (20, 1):  # long frames (segments inside) and short ones (segments of frames)
         stored = tj.trajectory(it, 60, observable=obs, every=every, store_forces=True)
-        loss = _loss(stored, state, fluid.params, settings, "sigma")
-        if every == 1:
-            g_ref = jax.grad(_loss(tj.trajectory(it, 60, observable=obs, every=1), state,
-                                   fluid.params, settings, "sigma"))(1.0, zero)
-        else:
-            g_ref = g_s
-        assert float(jax.grad(loss)(1.0, zero)) == pytest.approx(float(g_ref), rel=1e-10)
+        g_ref = (sigma_gradient(tj.trajectory(it, 60, observable=obs, every=1))
+                 if every == 1 else float(g_s))
+        assert sigma_gradient(stored) == pytest.approx(g_ref, rel=1e-10)
 
 
 def test_checkpointing_memory_is_sublinear_and_reversible_memory_constant(fluid):
@@ -127,13 +140,13 @@ def test_reversible_verlet_equals_checkpointed_gradient(fluid):
     state = _start(fluid, vv, settings, seed=2)
     obs = tj.final_potential_energy(pot)
     zero = jnp.zeros_like(state.positions)
-    f_rev = jax.jit(_loss(tj.reversible_verlet(pot, 100, observable=obs, every=25), state,
-                          fluid.params, settings))
-    f_ck = jax.jit(_loss(tj.trajectory(vv, 100, observable=obs, every=25), state,
-                         fluid.params, settings))
-    assert float(f_rev(1.0, zero)) == pytest.approx(float(f_ck(1.0, zero)), rel=1e-9)
-    g_rev = jax.grad(f_rev, argnums=(0, 1))(1.0, zero)
-    g_ck = jax.grad(f_ck, argnums=(0, 1))(1.0, zero)
+    vg_rev, _ = _value_and_grad(_loss(tj.reversible_verlet(pot, 100, observable=obs, every=25),
+                                      state, fluid.params, settings), argnums=(0, 1))
+    vg_ck, f_ck = _value_and_grad(_loss(tj.trajectory(vv, 100, observable=obs, every=25), state,
+                                        fluid.params, settings), argnums=(0, 1))
+    v_rev, g_rev = vg_rev(1.0, zero)
+    v_ck, g_ck = vg_ck(1.0, zero)
+    assert float(v_rev) == pytest.approx(float(v_ck), rel=1e-9)
     assert float(g_rev[0]) == pytest.approx(float(g_ck[0]), rel=1e-6)
     np.testing.assert_allclose(np.asarray(g_rev[1]), np.asarray(g_ck[1]), rtol=1e-5,
                                atol=1e-6 * float(jnp.abs(g_ck[1]).max()))
@@ -149,10 +162,10 @@ def test_truncated_horizon_bounds_the_backpropagation(fluid):
     state = _start(fluid, lang, settings, seed=3)
     obs = tj.final_potential_energy(pot)
     zero = jnp.zeros_like(state.positions)
-    full = jax.grad(_loss(tj.trajectory(lang, 60, observable=obs, every=10), state,
-                          fluid.params, settings))(1.0, zero)
-    same = jax.grad(_loss(tj.trajectory(lang, 60, observable=obs, every=10, horizon=60),
-                          state, fluid.params, settings))(1.0, zero)
+    full = jax.jit(jax.grad(_loss(tj.trajectory(lang, 60, observable=obs, every=10), state,
+                                  fluid.params, settings)))(1.0, zero)
+    same = jax.jit(jax.grad(_loss(tj.trajectory(lang, 60, observable=obs, every=10, horizon=60),
+                                  state, fluid.params, settings)))(1.0, zero)
     assert float(same) == pytest.approx(float(full), rel=1e-10)
     traces = []
 
@@ -186,13 +199,13 @@ def test_alanine_dipeptide_constrained_gradient_matches_finite_differences():
     run = tj.trajectory(lang, 50, observable=tj.final_potential_energy(s.potential), every=10)
     k = s.params["PeriodicTorsionForce"]["k"]
 
-    @jax.jit
-    def f(d):
+    def mean_energy(d):
         p = {t: dict(v) for t, v in s.params.items()}
         p["PeriodicTorsionForce"]["k"] = k.at[3].add(d)
         return jnp.mean(run(state, p, settings)[1])
 
-    g = float(jax.grad(f)(0.0))
+    vg, f = _value_and_grad(mean_energy)
+    g = float(vg(0.0)[1])
     fd = (float(f(1e-5)) - float(f(-1e-5))) / 2e-5
     assert abs(g) > 1e-3
     assert g == pytest.approx(fd, rel=REL)
@@ -219,13 +232,13 @@ def test_rigid_water_gradient_matches_finite_differences():
     eps = s.params["NonbondedForce"]["epsilon"]
     t = int(np.argmax(np.asarray(eps)))  # the oxygen (the hydrogens have none)
 
-    @jax.jit
-    def f(d):
+    def mean_energy(d):
         p = {k: dict(v) for k, v in s.params.items()}
         p["NonbondedForce"]["epsilon"] = eps.at[t].add(d)
         return jnp.mean(run(state, p, settings)[1])
 
-    g = jax.grad(f)(0.0)
+    vg, f = _value_and_grad(mean_energy)
+    g = vg(0.0)[1]
     h = 1e-5 * float(eps[t])
     fd = (float(f(h)) - float(f(-h))) / (2 * h)
     assert abs(float(g)) > 1e-3
