@@ -5,6 +5,8 @@ the molecular topology."""
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import mdtraj as md
@@ -88,11 +90,13 @@ def compare_with_openmm(system, pdb_name, ff, create, *, gamma, n_eq, n_run, eve
     params = jax.tree_util.tree_map(
         lambda a: np.asarray(a, np.float32) if np.issubdtype(np.asarray(a).dtype, np.floating)
         else a, system.params)
+    # both runs whole chunks of one length: one compiled chunk (a remainder compiles another)
     with jax.enable_x64(False):
         sim = Simulation(system.potential, params, "langevin",
                          dict(dt=DT, kT=kT, gamma=gamma), positions,
                          masses=system.masses, constraints=system.constraints(),
-                         velocities=velocities, report_interval=every, frames_per_chunk=20,
+                         velocities=velocities, report_interval=every,
+                         frames_per_chunk=min(20, math.gcd(wb_eq // every, n_run // every)),
                          seed=seed)
         assert sim.state.positions.dtype == jnp.float32
         sim.run(wb_eq, progress=False)
