@@ -13,7 +13,8 @@ al., J. Chem. Phys. 103, 8577 (1995)) spreads the charges onto a regular grid ov
 coordinates with cardinal B-splines of order ``p`` (OpenMM: 5), takes one FFT of the grid, and
 divides out the splines' Fourier moduli ``|b(m)|^2`` in the influence function, so that
 ``S(k)`` is approximated at cost N p^3 + G log G. The energy is differentiable in positions,
-charges and box; forces and virials come from ``jax.grad``.
+charges and box; forces come from ``jax.grad``, the PME virial from its closed form
+(:func:`pme_reciprocal_energy_virial`).
 
 The reciprocal sum counts every pair including each charge with itself and excluded pairs. The
 bookkeeping terms below remove these: :func:`ewald_self_energy`, :func:`excluded_pair_correction`,
@@ -61,6 +62,7 @@ __all__ = [
     "neutralizing_energy",
     "pme_parameters",
     "pme_reciprocal_energy",
+    "pme_reciprocal_energy_virial",
 ]
 
 PLATFORMS = ("Reference", "CPU", "CUDA", "OpenCL", "HIP")
@@ -368,8 +370,9 @@ def _spread_charges_jvp(grid, order, primals, tangents):
 
 
 def _pme_influence(
-    inverse: Array, volume: Array, alpha, grid: tuple[int, int, int], order: int
-) -> Array:
+    inverse: Array, volume: Array, alpha, grid: tuple[int, int, int], order: int,
+    virial: bool = False
+):
     """Influence function on the rfft half grid (nx, ny, nz//2+1), conjugate partners folded in.
 
     ``C(m) = ONE_4PI_EPS0 exp(-pi^2 |h|^2 / alpha^2) / (pi V |h|^2 B(m))`` with ``h = B^-1 m``
@@ -377,6 +380,10 @@ def _pme_influence(
     ``0.5 sum_m C(m) |F[Q](m)|^2`` over the full grid; the rfft stores one of each conjugate pair
     ``(m, -m mod n)``, whose ``C`` differ only at Nyquist indices of triclinic boxes, so the stored
     entries carry ``C(m) + C(partner)``.
+
+    ``virial``: also return the virial weights (6, nx, ny, nz//2+1) for xx, yy, zz, xy, xz, yz,
+    ``C(m) (delta_ab - 2 h_a h_b (1/|h|^2 + pi^2/alpha^2))``, folded the same way (see
+    :func:`pme_reciprocal_energy_virial`).
     """
     dtype = inverse.dtype
     nx, ny, nz = grid
@@ -397,9 +404,22 @@ def _pme_influence(
     c = jnp.where(origin, 0.0, c)
     nzh = nz // 2 + 1
     kz = np.arange(nzh)
-    partner = c[np.ix_((-np.arange(nx)) % nx, (-np.arange(ny)) % ny, (-kz) % nz)]
+    partner_index = np.ix_((-np.arange(nx)) % nx, (-np.arange(ny)) % ny, (-kz) % nz)
     has_partner = ((kz > 0) & (2 * kz != nz)).astype(dtype)  # the partner is not stored itself
-    return c[:, :, :nzh] + has_partner[None, None, :] * partner
+
+    def fold(a):
+        return a[:, :, :nzh] + has_partner[None, None, :] * a[partner_index]
+
+    if not virial:
+        return fold(c)
+    h = [inverse[i, 0] * mx + inverse[i, 1] * my + inverse[i, 2] * mz for i in range(3)]
+    f = 2.0 * (1.0 / safe_h2 + math.pi**2 / alpha**2)
+    weights = [fold(c * (1.0 - f * h[a] * h[b])) if a == b else fold(-c * f * h[a] * h[b])
+               for a, b in _VOIGT]
+    return fold(c), jnp.stack(weights)
+
+
+_VOIGT = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
 
 
 def pme_reciprocal_energy(
@@ -423,16 +443,41 @@ def pme_reciprocal_energy(
     Returns:
         () energy in kJ/mol.
     """
+    s2, volume, inverse, grid, order = _pme_structure(positions, charges, box, grid, order)
+    return 0.5 * jnp.sum(_pme_influence(inverse, volume, alpha, grid, order) * s2)
+
+
+def pme_reciprocal_energy_virial(
+    positions, charges, box, alpha, grid: tuple[int, int, int], order: int = 5
+) -> tuple[Array, Array]:
+    """:func:`pme_reciprocal_energy` and its virial tensor W = -dE/d(strain) (3, 3) kJ/mol, in
+    one forward pass (the closed form of Essmann et al. 1995).
+
+    Positions and box deformed together leave the fractional coordinates, and so the charge
+    grid and its transform S(m), unchanged; only the influence function moves, through V and
+    h = B^-1 m (h -> (1 + e)^-1 h). Hence
+    ``W_ab = 1/2 sum_m C(m) |S(m)|^2 (delta_ab - 2 h_a h_b (1/|h|^2 + pi^2/alpha^2))``,
+    exact for the smooth-PME energy as computed (equal to autodiff of the strain, without its
+    backward pass through the grid: less to compile, less to run). Arguments as
+    :func:`pme_reciprocal_energy`; returns (energy, virial (3, 3), symmetric)."""
+    s2, volume, inverse, grid, order = _pme_structure(positions, charges, box, grid, order)
+    influence, weights = _pme_influence(inverse, volume, alpha, grid, order, virial=True)
+    w = 0.5 * jnp.sum(weights * s2[None], axis=(1, 2, 3))  # xx yy zz xy xz yz
+    virial = jnp.stack([jnp.stack([w[0], w[3], w[4]]), jnp.stack([w[3], w[1], w[5]]),
+                        jnp.stack([w[4], w[5], w[2]])])
+    return 0.5 * jnp.sum(influence * s2), virial
+
+
+def _pme_structure(positions, charges, box, grid, order):
+    """|F[Q](m)|^2 on the rfft half grid, the volume, B^-1, and the checked grid and order."""
     order = int(order)
     if order < 3:
         raise ValueError(f"order must be >= 3 (OpenMM uses 5), got {order}")
     grid = _static_triple(grid, "grid", order + 1)
     positions, charges, box = _check_system(positions, charges, box)
     volume, inverse = _box_volume_and_inverse(box)
-    q = _spread_charges(positions @ inverse, charges, grid, order)
-    s = jnp.fft.rfftn(q)
-    influence = _pme_influence(inverse, volume, alpha, grid, order)
-    return 0.5 * jnp.sum(influence * (s.real**2 + s.imag**2))
+    s = jnp.fft.rfftn(_spread_charges(positions @ inverse, charges, grid, order))
+    return s.real**2 + s.imag**2, volume, inverse, grid, order
 
 
 # --------------------------------------------------------------------------------------------
