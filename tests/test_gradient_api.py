@@ -78,6 +78,44 @@ def test_new_start_and_parameters_never_recompile(x64):
     assert len(traces) > n
 
 
+def test_a_start_with_a_smaller_list_reuses_the_program(x64):
+    """A neighbor list's capacity comes from its start's positions: a second start whose list
+    needs fewer slots is refitted to the compiled capacity (no trace, same gradient as with its
+    own list); one that needs more compiles."""
+    from workbench.gradients import estimate
+
+    system = wb.lj_fluid(n_atoms=108, density=0.6, cutoff=2.5, skin=0.3, truncation="switch",
+                         r_switch=2.0)
+    pot = system.potential
+    lang = integ.langevin(pot)
+    settings = lang.settings(dt=0.004, kT=1.2, gamma=1.0)
+    lattice = np.asarray(system.positions)
+    jittered = lattice + np.random.default_rng(4).uniform(-0.25, 0.25, lattice.shape)
+    big = lang.init(jax.random.PRNGKey(0), jittered, system.params, settings)
+    small = lang.init(jax.random.PRNGKey(1), lattice, system.params, settings)
+    assert small.aux.capacity < big.aux.capacity
+    traces = []
+
+    def u(r, p, aux, box):
+        traces.append(1)
+        return pot.energy(r, p, aux, box)
+
+    def grad(state):
+        return gradient(u, system.params, "backprop", integrator=lang, state=state,
+                        settings=settings, n_steps=20, every=10).gradient
+
+    grad(big)
+    n = len(traces)
+    refitted = grad(small)
+    assert len(traces) == n, "a start with a smaller list compiled again"
+    estimate._COMPILED.clear()
+    estimate._LISTS.clear()
+    own = grad(small)  # with its own list, in a program of its own
+    assert len(traces) > n
+    for a, b in zip(_leaves(refitted), _leaves(own)):
+        np.testing.assert_allclose(a, b, rtol=1e-10)
+
+
 def test_implicit_matches_finite_differences(x64):
     pot = PairPotential("lennard_jones", space.free(), cutoff=50.0, truncation="cut",
                         neighbor_list=False)

@@ -24,13 +24,14 @@ method's diagnostics (effective sample size, horizon, minimizer convergence).
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import neighbors as nl
 from ..contracts import Observable, of_state
 from . import implicit as implicit_mod
 from . import reweight as rw
@@ -102,7 +103,9 @@ class Backprop:
         key = ("backprop", id(self.integrator), id(observable), int(self.n_steps),
                int(self.every or 1), self.checkpoint, self.horizon, bool(self.store_forces))
         jac = _compiled(key, (self.integrator, observable), lambda: self._value(observable))
-        value, grad, _ = jac(params, self.state, self.settings)
+        state = _lists_like(self.state, _LISTS.get(key))
+        _LISTS[key] = state.aux
+        value, grad, _ = jac(params, state, self.settings)
         norm = float(np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree_util.tree_leaves(grad))))
         return Gradient(value=value, gradient=grad, stderr=None, method=self.name,
                         diagnostics={"n_steps": int(self.n_steps), "horizon": self.horizon,
@@ -315,6 +318,43 @@ def _compiled(key: tuple, keep: tuple, make: Callable):
         _COMPILED.pop(next(iter(_COMPILED)))
     _COMPILED[key] = (keep, jac)
     return jac
+
+
+_LISTS: dict = {}  # per structure key: the neighbor lists of the last start (their capacities)
+
+
+def _lists_like(state, template):
+    """``state`` with each neighbor list rebuilt at the template's capacities where they hold
+    its pairs, so that a new start reuses the compiled program. A list's capacity comes from
+    the start's own positions, so two frames of one liquid can differ by a slot or two: in
+    notebook 08 the three starts of each estimator compiled 6 programs instead of 3. A start
+    that needs more room keeps its own (larger) list, and compiles."""
+    if template is None or state.aux is None:
+        return state
+    is_list = nl._is_list
+    leaves, tree = jax.tree_util.tree_flatten(state.aux, is_leaf=is_list)
+    t_leaves, t_tree = jax.tree_util.tree_flatten(template, is_leaf=is_list)
+    if tree != t_tree:
+        return state
+    out = []
+    for a, t in zip(leaves, t_leaves):
+        if (is_list(a) and is_list(t) and a.n_atoms == t.n_atoms
+                and (a.capacity, a.cell_capacity) != (t.capacity, t.cell_capacity)
+                and a.capacity <= t.capacity and a.cell_capacity <= t.cell_capacity
+                and not bool(a.overflow)):
+            g = nl.grow(state.positions, a, 1.0, min_capacity=t.capacity,
+                        min_cell_capacity=t.cell_capacity)
+            a = g if _same_shapes(g, t) and not bool(g.overflow) else a
+        out.append(a)
+    return replace(state, aux=jax.tree_util.tree_unflatten(tree, out))
+
+
+def _same_shapes(a, b) -> bool:
+    """Same pytree structure (static fields included), leaf shapes and dtypes: one program."""
+    ta, tb = jax.tree_util.tree_structure(a), jax.tree_util.tree_structure(b)
+    return ta == tb and all(
+        jnp.shape(x) == jnp.shape(y) and jnp.result_type(x) == jnp.result_type(y)
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
 def _finite_difference(fn, params, h: float):
