@@ -31,8 +31,10 @@ __all__ = [
 ]
 
 # Water constraints in SETTLE order, as (atom slot, atom slot) within (O, H1, H2).
-_WATER_I = np.array([0, 0, 1])
-_WATER_J = np.array([1, 2, 2])
+# int32: a NumPy int64 index array inside a jit traced under jax.enable_x64(False) made JAX's
+# index normalisation add int64 to int32 (TypeError; seen once, order-dependent, in the suite)
+_WATER_I = np.array([0, 0, 1], dtype=np.int32)
+_WATER_J = np.array([1, 2, 2], dtype=np.int32)
 
 
 @jax.tree_util.register_dataclass
