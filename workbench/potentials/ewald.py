@@ -414,12 +414,8 @@ def _pme_influence(
         return fold(c)
     h = [inverse[i, 0] * mx + inverse[i, 1] * my + inverse[i, 2] * mz for i in range(3)]
     f = 2.0 * (1.0 / safe_h2 + math.pi**2 / alpha**2)
-    weights = [fold(c * (1.0 - f * h[a] * h[b])) if a == b else fold(-c * f * h[a] * h[b])
-               for a, b in _VOIGT]
-    return fold(c), jnp.stack(weights)
-
-
-_VOIGT = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
+    voigt = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
+    return fold(c), jnp.stack([fold(c * ((a == b) - f * h[a] * h[b])) for a, b in voigt])
 
 
 def pme_reciprocal_energy(
@@ -457,15 +453,12 @@ def pme_reciprocal_energy_virial(
     grid and its transform S(m), unchanged; only the influence function moves, through V and
     h = B^-1 m (h -> (1 + e)^-1 h). Hence
     ``W_ab = 1/2 sum_m C(m) |S(m)|^2 (delta_ab - 2 h_a h_b (1/|h|^2 + pi^2/alpha^2))``,
-    exact for the smooth-PME energy as computed (equal to autodiff of the strain, without its
-    backward pass through the grid: less to compile, less to run). Arguments as
-    :func:`pme_reciprocal_energy`; returns (energy, virial (3, 3), symmetric)."""
+    exact for smooth PME (autodiff of the strain, without its backward pass through the grid).
+    Arguments as :func:`pme_reciprocal_energy`; returns (energy, symmetric virial (3, 3))."""
     s2, volume, inverse, grid, order = _pme_structure(positions, charges, box, grid, order)
     influence, weights = _pme_influence(inverse, volume, alpha, grid, order, virial=True)
     w = 0.5 * jnp.sum(weights * s2[None], axis=(1, 2, 3))  # xx yy zz xy xz yz
-    virial = jnp.stack([jnp.stack([w[0], w[3], w[4]]), jnp.stack([w[3], w[1], w[5]]),
-                        jnp.stack([w[4], w[5], w[2]])])
-    return 0.5 * jnp.sum(influence * s2), virial
+    return 0.5 * jnp.sum(influence * s2), w[np.array([[0, 3, 4], [3, 1, 5], [4, 5, 2]])]
 
 
 def _pme_structure(positions, charges, box, grid, order):
