@@ -33,6 +33,15 @@ two unit charges 1 nm apart have 138.935... kJ/mol."""
 KCAL = 4.184
 """1 kcal in kJ."""
 
+HARTREE_KJ_MOL = 2625.4996394798254
+"""1 hartree in kJ/mol (CODATA 2018: 4.3597447222071e-18 J x N_A)."""
+
+BOHR_NM = 0.0529177210903
+"""1 bohr in nm (CODATA 2018)."""
+
+EV_KJ_MOL = 96.48533212331002
+"""1 eV in kJ/mol (CODATA 2018: e x N_A / 1000)."""
+
 LABELS = {
     "molecular": {"energy": "kJ/mol", "length": "nm", "time": "ps", "1/length": "1/nm",
                   "1/time": "1/ps"},

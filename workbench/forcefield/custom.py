@@ -299,6 +299,7 @@ def _convert_bonded(force, space: Space, labels=None):
         coords = [f"{c}{i + 1}" for i in range(n) for c in "xyz"]
         extra = {"rewrite": _compound_rewrite(n, owner, source), "geometric": _GEOMETRIC_ARITY}
         term_kwargs = {"particles_per_bond": n}
+        width = n
     else:
         k = term_cls.arity
         atoms = [tuple(int(a) for a in r[:k]) for r in rows]
@@ -306,6 +307,7 @@ def _convert_bonded(force, space: Space, labels=None):
         coords = list(term_cls.coordinates)
         extra = {"geometric": {"periodicdistance": 6}} if term_cls is CustomExternal else {}
         term_kwargs = {}
+        width = k
     check_names(owner, source, {"coordinate": coords, "per-instance parameter": per,
                                 "global parameter": list(glob), "tabulated function": list(tabs)})
     expression = CustomExpression(source, [*coords, *per, *glob], tables=tabs, owner=owner,
@@ -316,7 +318,7 @@ def _convert_bonded(force, space: Space, labels=None):
     layout = ParameterLayout(tuple(per), tuple(glob), tuple(expression.tables), len(names),
                              {k: t.shape for k, t in expression.tables.items()})
     periodic = bool(force.usesPeriodicBoundaryConditions())
-    term = term_cls(np.asarray(atoms, np.int32).reshape(len(rows), -1), types, names, space,
+    term = term_cls(np.asarray(atoms, np.int32).reshape(len(rows), width), types, names, space,
                     periodic=periodic, expression=expression, layout=layout, **term_kwargs)
     values = {p: v[:, i] for i, p in enumerate(per)}
     values.update(glob)
