@@ -6,7 +6,7 @@ re-running them here would only repeat that work), runs it in the browser, and c
 a browser can show: the nglview canvases render, the plots redraw while a run goes on, the run
 buttons act, a slider change reaches the running simulation without recompiling, the
 free-energy map grows with the hills, the gradient chart follows a slider and an optimizer
-step, and the water toggle works. Screenshots go to ``test-artifacts/``. Skipped only when
+step, the training panel redraws and stops and resumes, and the water toggle works. Screenshots go to ``test-artifacts/``. Skipped only when
 /usr/bin/chromium or the playwright package is missing. Waits are polls with a generous hang
 guard, never performance checks.
 """
@@ -349,4 +349,49 @@ def test_gradient_panel(page):
     view.scroll_into_view_if_needed()
     view.screenshot(path=str(ARTIFACTS / "browser-gradients.png"))
     page.locator(".wb-stop").first.click()
+    assert not page.errors, page.errors
+
+
+JS_TRAINING = js_image("wb-train-plot")
+
+TRAINING = """
+import jax.numpy as jnp
+
+import workbench as wb
+from workbench.ml import Model
+from workbench.ml.data import load
+from workbench.ml.train import fit_shift_scale
+from workbench.panels import TrainingPanel
+from workbench.session import TrainingSession
+
+data = load(wb.data_file("ml/ethanol.npz"))
+train_set, valid_set, _ = data.split(20, 10, seed=0)
+model = fit_shift_scale(Model.create("painn", ("H", "C", "O"), cutoff=0.5, dtype=jnp.float32,
+                                     features=8, layers=1, n_rbf=4), train_set)
+training = TrainingSession(model, train_set, valid_set, steps=100000, batch_size=5)
+panel = TrainingPanel(training)
+training.start()
+panel
+"""
+
+
+def test_training_panel(page):
+    """The training plot renders and redraws as steps go, stop stops the run (status and a
+    fixed step count), train resumes it."""
+    run_notebook(page, "training.ipynb", TRAINING)
+    panel = page.locator(".wb-train-panel").first
+    steps = lambda: number_in(text_of(page, ".wb-train-label"), "step") or 0  # noqa: E731
+    wait_until(lambda: steps() > 0 and "valid force MAE" in text_of(page, ".wb-train-label"),
+               "training steps and a validation")
+    first = wait_until(lambda: page.evaluate(JS_TRAINING), "the training plot")
+    wait_until(lambda: page.evaluate(JS_TRAINING) != first, "a redrawn training plot")
+    page.locator(".wb-train-stop").first.click()
+    wait_until(lambda: "stopped" in text_of(page, ".wb-train-label"), "the stopped status")
+    stopped_at = steps()
+    page.locator(".wb-train-start").first.click()
+    wait_until(lambda: steps() > stopped_at, "training resumed")
+    panel.scroll_into_view_if_needed()
+    panel.screenshot(path=str(ARTIFACTS / "browser-training.png"))
+    page.locator(".wb-train-stop").first.click()
+    wait_until(lambda: "stopped" in text_of(page, ".wb-train-label"), "stopped again")
     assert not page.errors, page.errors

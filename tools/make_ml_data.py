@@ -36,47 +36,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workbench.ml.molecules import CHARMM, topology  # noqa: E402
 from workbench.units import BOHR_NM, HARTREE_KJ_MOL  # noqa: E402
 
 SEEDS = {"ethanol": 2026, "water3": 2027}
+FRAMES = {"ethanol": 250, "water3": 150}  # frames in data/ml/ (DFT: 5-10 s each on 2 cores)
 TEMPERATURE = {"ethanol": 500.0, "water3": 350.0}  # K
 DT, FRICTION, EVERY, EQUILIBRATION = 0.0005, 1.0, 100, 10_000  # ps, 1/ps, steps, steps
 RESTRAINT_K, RESTRAINT_R0 = 1000.0, 0.45  # kJ/mol/nm^2, nm (water cluster only)
 THEORY = dict(program="pyscf", method="RKS", xc="pbe", basis="def2-svp", grids_level=3,
               conv_tol=1e-10)
-
-# Start geometries (nm), atom names as in charmm36.xml's templates.
-ETHANOL = [("C1", "C", (0.0, 0.0, 0.0)), ("O1", "O", (0.1425, 0.0, 0.0)),
-           ("HO1", "H", (0.1745, 0.0905, 0.0)), ("H11", "H", (-0.0363, -0.0513, 0.0888)),
-           ("H12", "H", (-0.0363, -0.0513, -0.0888)), ("C2", "C", (-0.0513, 0.1435, 0.0)),
-           ("H21", "H", (-0.1603, 0.1435, 0.0)), ("H22", "H", (-0.0150, 0.1948, 0.0888)),
-           ("H23", "H", (-0.0150, 0.1948, -0.0888))]  # fmt: skip
-WATER = [("OH2", "O", (0.0, 0.0, 0.0)), ("H1", "H", (0.09572, 0.0, 0.0)),
-         ("H2", "H", (-0.02400, 0.09266, 0.0))]
-WATER_CENTRES = [(0.0, 0.0, 0.0), (0.28, 0.0, 0.0), (0.14, 0.24, 0.0)]
-
-
-def topology(molecule: str):
-    """OpenMM topology and start positions (N, 3) nm of ``molecule``."""
-    from openmm import app
-
-    top = app.Topology()
-    chain = top.addChain()
-    pos = []
-    groups = [("ETOH", ETHANOL, (0, 0, 0))] if molecule == "ethanol" else \
-        [("HOH", WATER, c) for c in WATER_CENTRES]
-    for resname, atoms, centre in groups:
-        res = top.addResidue(resname, chain)
-        made = {}
-        for name, element, xyz in atoms:
-            made[name] = top.addAtom(name, app.Element.getBySymbol(element), res)
-            pos.append(np.add(xyz, centre))
-        for a, b in ([("C1", "O1"), ("O1", "HO1"), ("C1", "H11"), ("C1", "H12"), ("C1", "C2"),
-                      ("C2", "H21"), ("C2", "H22"), ("C2", "H23")] if resname == "ETOH"
-                     else [("OH2", "H1"), ("OH2", "H2")]):
-            top.addBond(made[a], made[b])
-    return top, np.asarray(pos, float)
-
 
 def sample(molecule: str, n_frames: int):
     """(F, N, 3) nm configurations and the atomic numbers (N,) from Langevin MD."""
@@ -88,8 +57,7 @@ def sample(molecule: str, n_frames: int):
     from workbench.units import BOLTZMANN
 
     top, pos = topology(molecule)
-    ff = from_topology(top, pos, ("charmm36.xml", "charmm36/water.xml"), rigid_water=False,
-                       name=molecule)
+    ff = from_topology(top, pos, CHARMM, rigid_water=False, name=molecule)
     system = ff
     if molecule != "ethanol":
         oxygens = np.array([a.index for a in top.atoms() if a.element.symbol == "O"])
@@ -178,13 +146,13 @@ def make(molecule: str, n_frames: int, out: Path, progress: bool = True) -> Path
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--molecule", choices=sorted(SEEDS), action="append")
-    ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--frames", type=int, help="frames per molecule (default: FRAMES)")
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "ml")
     args = ap.parse_args(argv)
-    if args.frames < 1:
+    if args.frames is not None and args.frames < 1:
         ap.error("--frames must be at least 1")
     for m in args.molecule or sorted(SEEDS):
-        print(make(m, args.frames, args.out))
+        print(make(m, args.frames or FRAMES[m], args.out))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     workbench lab [JUPYTER-ARGS ...]      JupyterLab on the project's notebooks/ directory
     workbench bench lj [OPTIONS]          Lennard-Jones benchmark against jax-md and OpenMM
+    workbench bench ml [ARGS ...]         neural potentials: accuracy vs sGDML, MD/training speed
     workbench bench panels [ARGS ...]     live-panel benchmark
     workbench bench peptide [ARGS ...]    alanine dipeptide (PME, OBC2) against OpenMM-CPU
     workbench bench sampling [ARGS ...]   metadynamics overhead, MBAR vs pymbar, replica exchange
@@ -175,6 +176,7 @@ def _use_cores() -> None:
 BENCHMARKS = {
     "grad": "gradients through 1,000 LJ Langevin steps: checkpointed, plain and reversible",
     "lj": "Lennard-Jones fluid (LAMMPS in.lj): atom-steps/s, compile and cold-start times",
+    "ml": "neural potentials: held-out ethanol errors beside sGDML, MD and training speed",
     "panels": "live panels: chunk latency and frame rate",
     "peptide": "alanine dipeptide in water (PME) and in OBC2 against OpenMM-CPU: ns/day",
     "sampling": "metadynamics overhead, MBAR against pymbar, replica-exchange throughput",

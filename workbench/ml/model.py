@@ -161,6 +161,32 @@ class Model:
         return NeuralPotential(self, atomic_numbers, space or spaces.free(), atoms=atoms,
                                skin=skin)
 
+    def system(self, atomic_numbers, positions, *, box=None, topology=None,
+               name: str = "neural potential"):
+        """A :class:`~workbench.system.System` of atoms with ``atomic_numbers`` (N,) at
+        ``positions`` (N, 3) nm described by this model alone: masses from the elements (amu),
+        free space or a periodic ``box`` (edge lengths (3,) or (3, 3) nm). Simulation, Session,
+        the samplers and ``gradient(...)`` take it as they take any system."""
+        from openmm.app import Element
+
+        from ..system import System
+
+        z = np.atleast_1d(np.asarray(atomic_numbers, int))
+        space = spaces.free() if box is None else (
+            spaces.triclinic(box) if np.ndim(box) == 2 else spaces.periodic(box))
+        masses = np.array([Element.getByAtomicNumber(int(a)).mass._value for a in z])
+        if topology is None:  # one residue, atoms named by element (viewers see elements)
+            import mdtraj as md
+
+            topology = md.Topology()
+            residue = topology.add_residue("MOL", topology.add_chain())
+            for i, a in enumerate(z):
+                el = md.element.Element.getByAtomicNumber(int(a))
+                topology.add_atom(f"{el.symbol}{i + 1}", el, residue)
+        return System(self.potential(z, space), self.params, np.asarray(positions, float),
+                      masses=masses, space=space, topology=topology, units="molecular",
+                      name=name)
+
     # ------------------------------------------------------------------ files
     def description(self) -> dict:
         return dict(format=FORMAT, version=VERSION, architecture=self.architecture,
@@ -176,7 +202,7 @@ class Model:
                       scale=np.asarray(self.params["scale"]))
         tmp = f"{path}.tmp.npz"
         np.savez(tmp, model=json.dumps(self.description()), **arrays)
-        os.replace(tmp, path if str(path).endswith(".npz") else path)
+        os.replace(tmp, path)
 
     @staticmethod
     def load(path: str) -> "Model":

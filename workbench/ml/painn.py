@@ -11,8 +11,8 @@ rotation-equivariant vectors are combined, so the energy is invariant by constru
 1e-10 in float64).
 
 Departures from the paper, for MD: the polynomial envelope of DimeNet (C2 at the cutoff)
-instead of the cosine cutoff (C1), and |V v| as sqrt(|V v|^2 + eps) so its gradient exists at
-v = 0 (the first layer), and the message sums divided by ``avg_neighbors`` (a fixed
+instead of the cosine cutoff (C1), and |V v| as sqrt(|V v|^2 + 1), smooth at v = 0 (see
+:data:`_EPS`), and the message sums divided by ``avg_neighbors`` (a fixed
 normalisation, as NequIP and MACE do: features stay O(1) through the layers at initialisation).
 Lengths in nm; the output is dimensionless (the model scales it).
 """
@@ -30,7 +30,12 @@ Array = jax.Array
 
 __all__ = ["PaiNN"]
 
-_EPS = 1e-8  # inside sqrt(|Vv|^2 + eps): a finite gradient at v = 0
+_EPS = 1.0
+"""Inside sqrt(|Vv|^2 + eps). With the paper's |Vv| (or eps = 1e-8, as common implementations
+do) the energy has a near-kink wherever a vector channel passes through zero: curvature
+1/sqrt(eps) there. Measured on the ethanol model: NVE drifted 0.01 kT/ps whatever the time step
+(0.5 or 0.25 fs), with energy fluctuations ten times CHARMM's. eps = 1 (features are O(1))
+keeps the norm smooth at the features' own scale."""
 
 
 def _gather(x: Array, neighbors: Array) -> Array:

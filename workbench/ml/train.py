@@ -202,10 +202,11 @@ def train(model: Model, train_data: Dataset, valid_data: Dataset | None = None, 
     stopped = [False]
 
     def on_step(step, weights, loss, metrics):
-        if valid_data is None or step % every and step != steps:
-            return callback(step, model.replace(params=dict(model.params, weights=weights)),
-                            {}) if callback else None
         current = model.replace(params=dict(model.params, weights=weights))
+        info = {"loss": float(loss), "energy_mae": float(metrics["energy_mae"]),
+                "force_mae": float(metrics["force_mae"])}
+        if valid_data is None or step % every and step != steps:
+            return callback(step, current, info) if callback else None
         v = evaluate(current, valid_data)
         objective.validation = {"valid_energy_mae": v["energy_mae"],
                                 "valid_force_mae": v["force_mae"]}
@@ -226,7 +227,7 @@ def train(model: Model, train_data: Dataset, valid_data: Dataset | None = None, 
         if state["since"] >= patience:
             stopped[0] = True
             return True
-        return callback(step, current, v) if callback else None
+        return callback(step, current, dict(info, valid=v)) if callback else None
 
     schedule = optax.exponential_decay(learning_rate, max(steps, 1),
                                        final_learning_rate / learning_rate)

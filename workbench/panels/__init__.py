@@ -9,6 +9,8 @@ matplotlib). The only part of workbench that imports widget libraries; no physic
   CV time series and (for replica exchange) the acceptance matrix;
 * :class:`GradientPanel` - d(loss)/d(parameter) following the sliders, the loss curve, and
   step / run / stop of an optimizer (over a :class:`~workbench.session.gradients.GradientSession`);
+* :class:`TrainingPanel` - a neural potential's training live: error curves, force parity,
+  per-element errors, train / stop (over a :class:`~workbench.session.training.TrainingSession`);
 * :class:`Workbench` - simulation and parameter panels side by side, with any further panels
   of the same session; each also works alone.
 
@@ -20,7 +22,8 @@ from .gradients import GradientPanel
 from .parameters import ParameterPanel, default_range
 from .runner import LiveUpdater, RunControls
 from .simulation import SimulationPanel, ThermoFigure
+from .training import TrainingPanel
 from .workbench_view import Workbench
 
 __all__ = ["FreeEnergyPanel", "GradientPanel", "LiveUpdater", "ParameterPanel", "RunControls", "SimulationPanel", "ThermoFigure",
-           "Workbench", "default_range"]
+           "TrainingPanel", "Workbench", "default_range"]

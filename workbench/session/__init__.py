@@ -18,7 +18,8 @@ Start, pause, resume, stop and reset act within one chunk. Every chunk leaves a
 
 The package: :mod:`.core` (the :class:`Session` facade), :mod:`.runner` (the background thread),
 :mod:`.history` (frames, thermodynamics, records, export), :mod:`.params` (flat names, units),
-:mod:`.gradients` (live gradients and optimizer steps that follow the session's parameters).
+:mod:`.gradients` (live gradients and optimizer steps that follow the session's parameters),
+:mod:`.training` (a neural potential's training in a worker thread).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from .core import EVENTS, SESSIONS, Session
 from .gradients import GradientResult, GradientSession
 from .history import ChunkRecord, FrameBatch
 from .params import ParamSpec
+from .training import TrainingSession
 
 __all__ = ["EVENTS", "UNITS", "ChunkRecord", "FrameBatch", "GradientResult", "GradientSession",
-           "ParamSpec", "Session"]
+           "ParamSpec", "Session", "TrainingSession"]
 
 
 @atexit.register
