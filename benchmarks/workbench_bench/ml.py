@@ -28,9 +28,11 @@ import time
 
 import numpy as np
 
+from workbench.units import EV_KJ_MOL, KCAL
+
 __all__ = ["main", "sgdml_reference", "md_throughput", "train_throughput"]
 
-MEV_PER_A = 1000 / 96.48533212331002 / 10  # 1 kJ/mol/nm in meV/A (units.EV_KJ_MOL)
+MEV_PER_A = 1000 / EV_KJ_MOL / 10  # 1 kJ/mol/nm in meV/A
 _GDML = None
 
 
@@ -56,8 +58,8 @@ def _sgdml_dataset(d, name: str) -> dict:
     text = {"type": "d", "code_version": "0.4.10", "name": name, "theory": "PBE/def2-SVP",
             "r_unit": "Ang", "e_unit": "kcal/mol"}
     base = {k: np.array(v) for k, v in text.items()}  # sGDML reads npz fields: arrays
-    base.update(z=d.atomic_numbers, R=d.positions * 10.0, E=d.energies[:, None] / 4.184,
-                F=d.forces / 4.184 / 10.0)
+    base.update(z=d.atomic_numbers, R=d.positions * 10.0, E=d.energies[:, None] / KCAL,
+                F=d.forces / KCAL / 10.0)
     base["md5"] = np.array(io.dataset_md5(base))
     return base
 
@@ -82,13 +84,13 @@ def sgdml_reference(train, valid, test, sigmas=(5, 10, 20, 40, 80)) -> dict:
         model = gdml.train(task, callback=lambda *a, **k: None)  # its progress lines off
         pred = GDMLPredict(model, max_processes=2)
         e, f = pred.predict(valid.positions.reshape(len(valid), -1) * 10.0)
-        mae = float(np.mean(np.abs(f * 4.184 * 10.0 - valid.forces.reshape(len(valid), -1))))
+        mae = float(np.mean(np.abs(f * KCAL * 10.0 - valid.forces.reshape(len(valid), -1))))
         if best is None or mae < best[0]:
             best = (mae, sig, pred)
     _, sig, pred = best
     e, f = pred.predict(test.positions.reshape(len(test), -1) * 10.0)
-    f = f.reshape(test.forces.shape) * 4.184 * 10.0
-    e = np.ravel(e) * 4.184
+    f = f.reshape(test.forces.shape) * KCAL * 10.0
+    e = np.ravel(e) * KCAL
     return {"sigma": sig, "force_mae": float(np.mean(np.abs(f - test.forces))),
             "energy_mae": float(np.mean(np.abs(e - test.energies)))}
 

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .. import neighbors as nl
+from ..potentials.pairloop import all_pairs_table
 from ..space import Space
 
 Array = jax.Array
 
-__all__ = ["Graph", "build_graph", "all_pairs", "polynomial_envelope", "bessel_basis"]
+__all__ = ["Graph", "build_graph", "polynomial_envelope", "bessel_basis", "radial_features"]
 
 
 @jax.tree_util.register_dataclass
@@ -42,17 +42,10 @@ class Graph:
     mask: Array
 
 
-def all_pairs(n: int) -> np.ndarray:
-    """(N, N - 1) table listing every other atom in each row (free space, small molecules)."""
-    j = np.arange(max(n - 1, 1))[None, :]
-    table = j + (j >= np.arange(n)[:, None])
-    return np.where(table < n, table, n).astype(np.int32)
-
-
 def _table(aux, n: int) -> Array:
     """(N, K) atom-order neighbor table from a neighbor list (sorted order inside)."""
-    if aux is None:
-        return jnp.asarray(all_pairs(n))
+    if aux is None:  # every other atom, in atom order (the table pair terms use without a list)
+        return all_pairs_table(n)[:n]
     if not isinstance(aux, nl.NeighborList):
         raise TypeError(f"aux must be a NeighborList or None, got {type(aux).__name__}")
     sorted_rows = aux.idx[aux.inverse]  # row of each atom, entries are sorted positions
@@ -92,3 +85,9 @@ def bessel_basis(r: Array, cutoff: float, n: int) -> Array:
     k = jnp.arange(1, n + 1, dtype=r.dtype).reshape((1,) * r.ndim + (n,))
     d = r[..., None] / cutoff
     return jnp.sin(k * jnp.pi * d) / d
+
+
+def radial_features(g: Graph, cutoff: float, n: int) -> tuple[Array, Array]:
+    """(Bessel basis (N, K, n), envelope times the edge mask (N, K)) of the graph's edges: what
+    every message-passing layer's filters read."""
+    return bessel_basis(g.lengths, cutoff, n), polynomial_envelope(g.lengths, cutoff) * g.mask

@@ -24,7 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .graph import Graph, bessel_basis, polynomial_envelope
+from .graph import Graph, radial_features
 from .layers import Mlp, e3nn_linear, normal
 
 Array = jax.Array
@@ -120,8 +120,7 @@ class NequIP(eqx.Module):
 
     def __call__(self, species: Array, g: Graph) -> Array:
         h = e3nn.IrrepsArray(f"{self.features}x0e", self.embedding[species])
-        rbf = bessel_basis(g.lengths, self.cutoff, self.n_rbf)
-        env = polynomial_envelope(g.lengths, self.cutoff) * g.mask
+        rbf, env = radial_features(g, self.cutoff, self.n_rbf)
         for block in self.interactions:
             h = block(h, species, g, rbf, env)
         scalars = h.filter(keep="0e").array

@@ -23,7 +23,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .graph import Graph, bessel_basis, polynomial_envelope
+from .graph import Graph, radial_features
 from .layers import Dense, Mlp, normal
 
 Array = jax.Array
@@ -106,8 +106,7 @@ class PaiNN(eqx.Module):
     def __call__(self, species: Array, g: Graph) -> Array:
         s = self.embedding[species]
         v = jnp.zeros(s.shape[:1] + (3,) + s.shape[1:], s.dtype)
-        rbf = bessel_basis(g.lengths, self.cutoff, self.n_rbf)
-        env = polynomial_envelope(g.lengths, self.cutoff) * g.mask
+        rbf, env = radial_features(g, self.cutoff, self.n_rbf)
         norm = 1.0 / self.avg_neighbors
         for message, update in zip(self.messages, self.updates):
             s, v = message(s, v, g, rbf, env, norm)

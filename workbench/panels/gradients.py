@@ -16,7 +16,7 @@ import io
 import ipywidgets as widgets
 import numpy as np
 
-from .runner import LiveUpdater
+from .runner import LiveUpdater, button
 
 __all__ = ["GradientPanel", "GradientFigure"]
 
@@ -81,15 +81,9 @@ class GradientPanel(widgets.VBox):
                                        value=gradients.method, description="method",
                                        layout=widgets.Layout(width="220px"))
         self.method.add_class("wb-gradient-method")
-        self.step_button = widgets.Button(description="step", icon="step-forward",
-                                          layout=widgets.Layout(width="90px"))
-        self.step_button.add_class("wb-gradient-step")
-        self.run_button = widgets.Button(description="run", icon="play",
-                                         layout=widgets.Layout(width="90px"))
-        self.run_button.add_class("wb-gradient-run")
-        self.stop_button = widgets.Button(description="stop", icon="stop",
-                                          layout=widgets.Layout(width="90px"))
-        self.stop_button.add_class("wb-gradient-stop")
+        self.step_button = button("step", "step-forward", "wb-gradient-step")
+        self.run_button = button("run", "play", "wb-gradient-run")
+        self.stop_button = button("stop", "stop", "wb-gradient-stop")
         self.label = widgets.HTML()
         self.label.add_class("wb-gradient-label")
         self.message = widgets.HTML()

@@ -22,10 +22,19 @@ from collections.abc import Callable
 
 import ipywidgets as widgets
 
-__all__ = ["LiveUpdater", "RunControls", "status_html"]
+__all__ = ["LiveUpdater", "RunControls", "button", "status_html"]
 
 _log = logging.getLogger(__name__)
 _UPDATERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def button(description: str, icon: str, css_class: str, width: str = "90px",
+           **options) -> widgets.Button:
+    """A panel button with the CSS class the browser tests find it by."""
+    b = widgets.Button(description=description, icon=icon, layout=widgets.Layout(width=width),
+                       **options)
+    b.add_class(css_class)
+    return b
 
 
 class LiveUpdater:

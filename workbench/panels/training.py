@@ -15,7 +15,7 @@ import io
 import ipywidgets as widgets
 import numpy as np
 
-from .runner import LiveUpdater
+from .runner import LiveUpdater, button
 
 __all__ = ["TrainingPanel", "TrainingFigure"]
 
@@ -98,23 +98,17 @@ class TrainingPanel(widgets.VBox):
         self.md_box = widgets.VBox()
         self.md_box.add_class("wb-train-md")
         self._figure = TrainingFigure(width_px=width_px)
-        self.train_button = widgets.Button(description="train", icon="play",
-                                           layout=widgets.Layout(width="90px"))
-        self.train_button.add_class("wb-train-start")
-        self.stop_button = widgets.Button(description="stop", icon="stop",
-                                          layout=widgets.Layout(width="90px"))
-        self.stop_button.add_class("wb-train-stop")
+        self.train_button = button("train", "play", "wb-train-start")
+        self.stop_button = button("stop", "stop", "wb-train-stop")
         self.label = widgets.HTML()
         self.label.add_class("wb-train-label")
         self.message = widgets.HTML()
         self.message.add_class("wb-train-message")
         self.plot = widgets.Image(format="png", layout=widgets.Layout(width=f"{width_px}px"))
         self.plot.add_class("wb-train-plot")
-        self.md_button = widgets.Button(description="MD", icon="play-circle",
-                                        layout=widgets.Layout(width="90px"),
-                                        disabled=md_positions is None,
-                                        tooltip="MD with the best model so far")
-        self.md_button.add_class("wb-train-md-start")
+        self.md_button = button("MD", "play-circle", "wb-train-md-start",
+                                disabled=md_positions is None,
+                                tooltip="MD with the best model so far")
         super().__init__([widgets.HTML("<b>Training</b>"),
                           widgets.HBox([self.train_button, self.stop_button, self.md_button]),
                           self.label, self.plot, self.message, self.md_box])
